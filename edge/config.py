@@ -1,0 +1,273 @@
+"""The device configuration: one validated tree loaded from TOML.
+
+Every key has a default and a description; unknown keys are errors. `load_config` raises
+`ConfigError` whose message lists each problem by key path (`cameras[0].fps: ...`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+PROJECT_MANIFEST = Path(__file__).resolve().parent.parent / "models" / "manifest.toml"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, is not TOML, or does not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Section):
+    id: str = Field("unenrolled", description="Device id, written by `alpr-edge enroll`.")
+    data_dir: Path = Field(
+        Path("var"),
+        description="Where the database, crops and fetched models live. Relative paths are "
+        "relative to the config file's folder.",
+    )
+
+
+class CameraConfig(_Section):
+    id: str = Field(description="Short name of the camera, stored with every read (e.g. 'front').")
+    source: Literal["picamera2", "opencv", "video", "folder"] = Field(
+        description="picamera2 (Pi camera), opencv (device index or RTSP/HTTP URL), "
+        "video (a file), folder (a folder of images, in name order)."
+    )
+    uri: str = Field(
+        "",
+        description="Device index ('0'), URL, file or folder path; for picamera2 the camera number.",
+    )
+    width: int = Field(1280, ge=64, le=8192, description="Capture width in pixels (main stream).")
+    height: int = Field(720, ge=64, le=8192, description="Capture height in pixels (main stream).")
+    lores_width: int = Field(640, ge=64, le=4096, description="picamera2 lores (detector) stream width.")
+    lores_height: int = Field(360, ge=64, le=4096, description="picamera2 lores (detector) stream height.")
+    fps: float = Field(
+        30.0,
+        gt=0,
+        le=240,
+        description="Frame rate asked of the camera; for video and folder sources the replay rate "
+        "(0 is not allowed; use realtime=false to go as fast as possible).",
+    )
+    realtime: bool = Field(
+        True,
+        description="video/folder: pace frames at `fps` like a live camera. false = as fast as "
+        "the pipeline takes them (evaluation).",
+    )
+    loop: bool = Field(False, description="video/folder: start again at the end instead of stopping.")
+    enabled: bool = Field(True, description="false keeps the entry but does not open the camera.")
+
+    @model_validator(mode="after")
+    def _uri_required(self) -> CameraConfig:
+        if self.source in ("video", "folder", "opencv") and not self.uri:
+            raise ValueError(f"source '{self.source}' needs a uri")
+        return self
+
+
+class CaptureConfig(_Section):
+    stall_timeout_s: float = Field(
+        5.0, gt=0, description="A camera that delivers no frame for this long is reopened."
+    )
+    reopen_backoff_initial_s: float = Field(0.5, gt=0, description="First wait before reopening a camera.")
+    reopen_backoff_max_s: float = Field(30.0, gt=0, description="Cap on the reopen wait (doubling).")
+    queue_frames: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Frames held per camera while inference is busy; older frames are dropped "
+        "(and counted) so reads are never made from stale frames.",
+    )
+
+
+class DetectorConfig(_Section):
+    backend: Literal["tflite", "onnx"] = Field(
+        "tflite", description="tflite (LiteRT, falling back to tflite-runtime) or onnx (ONNX Runtime)."
+    )
+    model: str = Field(
+        "yolov5-plate-int8",
+        description="Name of the detector in models/manifest.toml; its format must match `backend`.",
+    )
+    threads: int = Field(2, ge=1, le=16, description="Inference threads.")
+    min_score: float = Field(0.35, gt=0, lt=1, description="Detections scoring below this are ignored.")
+    nms_iou: float = Field(0.45, gt=0, lt=1, description="IoU above which overlapping boxes are merged.")
+    every_n_frames: int = Field(
+        3,
+        ge=1,
+        le=30,
+        description="Run the detector on one frame in N per camera while no pass needs reading "
+        "(nothing in view, or every plate in view already read); 1 = every frame.",
+    )
+    every_n_frames_reading: int = Field(
+        2,
+        ge=1,
+        le=30,
+        description="Run the detector on one frame in N while a plate in view is still being read.",
+    )
+
+
+class OcrConfig(_Section):
+    model: str = Field("cct-xs-v2-global", description="Name of the OCR model in models/manifest.toml.")
+    threads: int = Field(1, ge=1, le=16, description="Inference threads.")
+    crop_pad_x: float = Field(
+        0.08, ge=0, le=1, description="Crop padding left and right, as a fraction of the box width."
+    )
+    crop_pad_y: float = Field(
+        0.12, ge=0, le=1, description="Crop padding above and below, as a fraction of the box height."
+    )
+    min_plate_height_px: int = Field(
+        10, ge=4, description="Plates smaller than this in the main image are tracked but not read."
+    )
+
+
+class TrackerConfig(_Section):
+    match_iou: float = Field(0.15, ge=0, lt=1, description="Minimum IoU to link a detection to a track.")
+    max_gap_s: float = Field(
+        1.0, gt=0, description="A track unseen for this long is closed and its read finalised."
+    )
+    min_observations: int = Field(2, ge=1, description="OCR reads needed before a pass gives a read.")
+    lock_observations: int = Field(
+        4, ge=1, description="After this many agreeing confident reads the text is locked: OCR stops."
+    )
+    lock_confidence: float = Field(
+        0.9, gt=0, le=1, description="Per-character vote share needed to lock the text early."
+    )
+    min_read_confidence: float = Field(
+        0.3, ge=0, le=1, description="Passes whose consensus is weaker than this give no read."
+    )
+
+
+class GpsConfig(_Section):
+    source: Literal["gpsd", "nmea", "none"] = Field(
+        "gpsd", description="gpsd (recommended), nmea (serial receiver read directly), none."
+    )
+    gpsd_host: str = Field("127.0.0.1", description="gpsd host.")
+    gpsd_port: int = Field(2947, ge=1, le=65535, description="gpsd port.")
+    nmea_device: str = Field("/dev/ttyACM0", description="Serial device of an NMEA receiver.")
+    nmea_baud: int = Field(9600, ge=300, description="Serial speed of the NMEA receiver.")
+    nmea_fallback: bool = Field(
+        True, description="With source = gpsd: read the NMEA device directly while gpsd is unreachable."
+    )
+    max_fix_age_s: float = Field(
+        3.0, gt=0, description="A fix older than this is stored as no fix rather than as a stale position."
+    )
+    reconnect_backoff_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect wait.")
+
+
+class StoreConfig(_Section):
+    path: Path = Field(Path("alpr.db"), description="SQLite database, relative to device.data_dir.")
+    busy_timeout_s: float = Field(
+        5.0, gt=0, description="How long a write waits for the other process (sync agent) to finish its own."
+    )
+    crop_jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of stored plate crops.")
+
+
+class ModelsConfig(_Section):
+    dir: Path = Field(
+        Path("models"), description="Where fetched model files live, relative to device.data_dir."
+    )
+    manifest: str = Field(
+        "",
+        description="The model manifest (names, URLs, SHA-256); empty = the project's models/manifest.toml.",
+    )
+    mirror: str = Field(
+        "",
+        description="A folder to copy models from instead of downloading (ALPR_MODEL_MIRROR overrides).",
+    )
+
+
+class Config(_Section):
+    device: DeviceConfig = DeviceConfig()
+    cameras: Annotated[list[CameraConfig], Field(min_length=1)] = Field(
+        default_factory=lambda: [CameraConfig(id="front", source="picamera2", uri="0")],
+        description="One [[cameras]] table per camera.",
+    )
+    capture: CaptureConfig = CaptureConfig()
+    detector: DetectorConfig = DetectorConfig()
+    ocr: OcrConfig = OcrConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    gps: GpsConfig = GpsConfig()
+    store: StoreConfig = StoreConfig()
+    models: ModelsConfig = ModelsConfig()
+
+    base_dir: Path = Field(Path("."), exclude=True, description="Folder of the config file (set on load).")
+
+    @model_validator(mode="after")
+    def _camera_ids_unique(self) -> Config:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.id in seen:
+                raise ValueError(f"camera id '{cam.id}' is used twice")
+            seen.add(cam.id)
+        return self
+
+    def data_path(self, relative: Path) -> Path:
+        """A path under device.data_dir, which is itself relative to the config file's folder."""
+        data_dir = self.device.data_dir
+        if not data_dir.is_absolute():
+            data_dir = self.base_dir / data_dir
+        return relative if relative.is_absolute() else data_dir / relative
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_path(self.store.path)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_path(self.models.dir)
+
+    @property
+    def manifest_path(self) -> Path:
+        if not self.models.manifest:
+            return PROJECT_MANIFEST
+        path = Path(self.models.manifest)
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} error(s) in the configuration"]
+    for err in exc.errors():
+        path = _key_path(tuple(p for p in err["loc"] if p not in ("function-after",)))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against config.toml)"
+        lines.append(f"  {path or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>", base_dir: Path = Path(".")) -> Config:
+    if "base_dir" in data:
+        raise ConfigError(f"{source}: base_dir: unknown key (check the spelling against config.toml)")
+    try:
+        return Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path), path.resolve().parent)
