@@ -1,0 +1,567 @@
+"""The edge daemon's durable store: plate reads, their crops and the upload outbox, in SQLite.
+
+Durability story
+- The database runs in WAL mode with `synchronous=FULL`: every commit (reads, outbox, audit
+  rows) is fsynced to the WAL before `save_read` and friends return, so a committed row
+  survives a process crash and a power cut.
+- A read, its crop and its outbox entries (lane READS for the read, lane IMAGES for the crop)
+  are written in ONE transaction. A crash at any point leaves either all of them or none: there
+  is never a read the sync agent will not upload, nor an outbox entry without its read.
+- Every write transaction is `BEGIN IMMEDIATE`, so it takes the write lock before reading and
+  cannot fail half-way on a stale snapshot. Another process (the sync agent) shares the file;
+  lock waits are bounded by `busy_timeout` and then raise `StoreBusyError` (transient).
+- Outbox `seq` is AUTOINCREMENT, so a sequence number is never reused: an acknowledgement that
+  arrives late can only ever delete the entry it was meant for.
+- An outbox entry is removed only by `outbox_ack`, i.e. after the server acknowledged it. A read
+  with no outbox entry of kind "read" has therefore been acknowledged; only then may retention
+  delete it locally (retention is not part of this module: nothing here deletes a read).
+- Saving a read whose `read_id` is already stored is a no-op (counted and logged), so a retry
+  after an uncertain failure cannot duplicate it or re-queue an acknowledged upload.
+- `finalize_read` (a read emitted early for an early alert, updated when its pass ends)
+  re-queues the read with a NEW outbox entry in the same transaction, so the final values are
+  uploaded even if the agent was mid-way through uploading, and then acknowledging, the old one.
+- No fix is stored as NULL position, speed, heading and fix time, never as 0,0.
+
+Concurrency: one `Store` may be shared by threads (calls are serialised by a lock). Readers in
+other processes see only committed transactions (WAL snapshots).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError
+
+from edge.migrations import DowngradeError, MigrationError, apply_migrations
+from edge.types import Box, FixMode, GpsFix, PlateRead
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """Anything the store could not do."""
+
+
+class TransientStoreError(StoreError):
+    """Worth retrying with backoff: the same call may succeed later."""
+
+
+class StoreBusyError(TransientStoreError):
+    """Another connection held the lock longer than busy_timeout."""
+
+
+class StoreFullError(TransientStoreError):
+    """The disk (or the database's size limit) is full; retention may free room."""
+
+
+class StoreIOError(TransientStoreError):
+    """The operating system reported an I/O error on the database file."""
+
+
+class PermanentStoreError(StoreError):
+    """Retrying the same call will not help."""
+
+
+class StoreOpenError(PermanentStoreError):
+    """The database file cannot be created or opened (the message names the path)."""
+
+
+class NotADatabaseError(StoreOpenError):
+    """The file exists but is not a SQLite database."""
+
+
+class SchemaTooNewError(StoreOpenError):
+    """The database was written by newer software; this version refuses to touch it."""
+
+
+class StoreCorruptError(PermanentStoreError):
+    """SQLite reports the database image is malformed."""
+
+
+class StoreClosedError(PermanentStoreError):
+    """The store was used after close()."""
+
+
+class ReadNotFoundError(PermanentStoreError):
+    """No read with that read_id is stored."""
+
+
+class StoreWriteError(PermanentStoreError):
+    """A record was refused (bad value or constraint failure); nothing of it was written."""
+
+
+COMPONENT = "store"
+
+KIND_READ = "read"
+KIND_READ_IMAGE = "read_image"
+
+
+class Lane(IntEnum):
+    """Upload lanes, drained in this order by the sync agent."""
+
+    HITS = 0  # hits and officers' answers
+    READS = 1
+    IMAGES = 2
+
+
+# Version N is STEPS[N-1]. Append only: never edit a step that has shipped.
+STEPS: tuple[str, ...] = (
+    """
+    CREATE TABLE reads (
+        read_id TEXT PRIMARY KEY NOT NULL,
+        camera_id TEXT NOT NULL,
+        plate TEXT NOT NULL,
+        confidence REAL NOT NULL CHECK (confidence >= 0 AND confidence <= 1),
+        char_confidences TEXT NOT NULL CHECK (json_valid(char_confidences)),
+        region TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        observations INTEGER NOT NULL CHECK (observations >= 0),
+        box TEXT NOT NULL CHECK (json_valid(box)),
+        lat REAL,
+        lon REAL,
+        speed_mps REAL,
+        heading_deg REAL,
+        fix_mode INTEGER NOT NULL CHECK (fix_mode IN (1, 2, 3)),
+        fix_time REAL,
+        gps_source TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        -- no fix is NULL, never 0,0: a position needs a fix and both coordinates
+        CHECK ((lat IS NULL) = (lon IS NULL)),
+        CHECK (fix_mode >= 2 OR lat IS NULL)
+    );
+    CREATE INDEX reads_last_seen ON reads (last_seen);
+    CREATE TABLE read_images (
+        read_id TEXT PRIMARY KEY NOT NULL REFERENCES reads (read_id) ON DELETE CASCADE,
+        kind TEXT NOT NULL DEFAULT 'crop' CHECK (kind = 'crop'),
+        jpeg BLOB NOT NULL
+    );
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        lane INTEGER NOT NULL CHECK (lane IN (0, 1, 2)),
+        kind TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (kind, record_id)
+    );
+    CREATE INDEX outbox_lane_seq ON outbox (lane, seq);
+    """,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredRead:
+    """A read as stored. `gps` is `NO_FIX`-shaped (all None) when there was no fix."""
+
+    read_id: str
+    camera_id: str
+    plate: str
+    confidence: float
+    char_confidences: tuple[float, ...]
+    region: str | None
+    first_seen: float
+    last_seen: float
+    observations: int
+    box: Box
+    gps: GpsFix
+    created_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxEntry:
+    """One record waiting for upload; `record_id` names the row in the table its `kind` implies."""
+
+    seq: int
+    lane: Lane
+    kind: str
+    record_id: str
+    created_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreSettings:
+    """The connection's durability settings, as SQLite reports them."""
+
+    journal_mode: str
+    synchronous: int  # 2 = FULL
+    foreign_keys: bool
+    busy_timeout_ms: int
+
+
+_READ_COLUMNS = (
+    "read_id, camera_id, plate, confidence, char_confidences, region, first_seen, last_seen, "
+    "observations, box, lat, lon, speed_mps, heading_deg, fix_mode, fix_time, gps_source, created_at"
+)
+_ACK_CHUNK = 500  # well under SQLite's bound-parameter limit
+
+
+class Store:
+    """The daemon's SQLite database. See the module docstring for what is guaranteed."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 5.0,
+        tracer: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        """Open or create the database at `path` (and its parent folders) and migrate it.
+
+        `tracer`, when given, is called with (sql, parameters) before each statement (debugging).
+        """
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._closed = False
+        self.duplicate_reads = 0  # save_read calls ignored because the read_id was already stored
+        self._duplicate_log = _LogLimiter(60.0)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreOpenError(f"{self.path}: cannot create its folder: {exc.strerror}") from exc
+        try:
+            # isolation_level=None: the driver never opens transactions on its own; every write
+            # below is an explicit BEGIN IMMEDIATE ... COMMIT.
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, "open") from exc
+        self._conn = conn
+        try:
+            self._db = Database(conn, recursive_triggers=False, execute_plugins=False, tracer=tracer)
+            self._configure(busy_timeout_s)
+            apply_migrations(conn, COMPONENT, STEPS, clock=clock)
+        except DowngradeError as exc:
+            conn.close()
+            raise SchemaTooNewError(f"{self.path}: {exc}") from exc
+        except MigrationError as exc:
+            conn.close()
+            raise StoreOpenError(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _translate(exc, self.path, "open") from exc
+        except StoreError:
+            conn.close()
+            raise
+
+    def _configure(self, busy_timeout_s: float) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {max(0, round(busy_timeout_s * 1000))}")
+        # The first statement that reads the file: a non-database file fails here (NOTADB).
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreOpenError(f"{self.path}: cannot switch to WAL mode (journal_mode is {mode!r})")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def settings(self) -> StoreSettings:
+        with self._reading("read settings"):
+            return StoreSettings(
+                journal_mode=str(self._pragma("journal_mode")),
+                synchronous=int(self._pragma("synchronous")),
+                foreign_keys=bool(self._pragma("foreign_keys")),
+                busy_timeout_ms=int(self._pragma("busy_timeout")),
+            )
+
+    def integrity_ok(self) -> bool:
+        """PRAGMA integrity_check: True only when SQLite answers exactly "ok"."""
+        try:
+            with self._reading("check integrity"):
+                rows = self._db.execute("PRAGMA integrity_check").fetchall()
+        except (StoreCorruptError, NotADatabaseError) as exc:
+            log.error("%s: integrity check failed: %s", self.path, exc)
+            return False
+        ok = [tuple(r) for r in rows] == [("ok",)]
+        if not ok:
+            log.error("%s: integrity check failed: %s", self.path, "; ".join(str(r[0]) for r in rows[:10]))
+        return ok
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def save_read(self, read: PlateRead) -> None:
+        """Store a read, its crop and their outbox entries atomically; a known read_id is a no-op."""
+        row = _read_row(read, created_at=self._clock())
+        with self._writing(f"save read {read.read_id}"):
+            if self._db.execute("SELECT 1 FROM reads WHERE read_id = ?", (read.read_id,)).fetchone():
+                self._count_duplicate(read.read_id)
+                return
+            self._db["reads"].insert(row)
+            self._enqueue(Lane.READS, KIND_READ, read.read_id, row["created_at"])
+            if read.best_crop_jpeg:
+                self._db["read_images"].insert(
+                    {"read_id": read.read_id, "kind": "crop", "jpeg": bytes(read.best_crop_jpeg)}
+                )
+                self._enqueue(Lane.IMAGES, KIND_READ_IMAGE, read.read_id, row["created_at"])
+
+    def finalize_read(self, read_id: str, *, last_seen: float, observations: int) -> None:
+        """Record the end of a pass for a read saved early, and queue the updated read for upload."""
+        if not math.isfinite(last_seen) or observations < 0:
+            raise StoreWriteError(
+                f"read {read_id}: bad final values last_seen={last_seen} obs={observations}"
+            )
+        with self._writing(f"finalize read {read_id}"):
+            try:
+                self._db["reads"].update(read_id, {"last_seen": last_seen, "observations": observations})
+            except NotFoundError as exc:
+                raise ReadNotFoundError(f"{self.path}: no read {read_id} to finalize") from exc
+            # A new entry (new seq), not the old one: the agent may be acking the old upload.
+            self._db.execute("DELETE FROM outbox WHERE kind = ? AND record_id = ?", (KIND_READ, read_id))
+            self._enqueue(Lane.READS, KIND_READ, read_id, self._clock())
+
+    def get_read(self, read_id: str) -> StoredRead | None:
+        with self._reading(f"get read {read_id}"):
+            rows = list(self._db.query(f"SELECT {_READ_COLUMNS} FROM reads WHERE read_id = ?", (read_id,)))
+        return _stored_read(rows[0]) if rows else None
+
+    def recent_reads(self, limit: int = 50, since: float | None = None) -> list[StoredRead]:
+        """Newest first (by last_seen); with `since`, only reads whose pass ended at or after it."""
+        if limit < 1:
+            return []
+        where, params = ("WHERE last_seen >= ?", [since]) if since is not None else ("", [])
+        sql = f"SELECT {_READ_COLUMNS} FROM reads {where} ORDER BY last_seen DESC, read_id LIMIT ?"
+        with self._reading("list recent reads"):
+            rows = list(self._db.query(sql, [*params, limit]))
+        return [_stored_read(r) for r in rows]
+
+    def read_crop(self, read_id: str) -> bytes | None:
+        with self._reading(f"get crop {read_id}"):
+            row = self._db.execute("SELECT jpeg FROM read_images WHERE read_id = ?", (read_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def outbox_pending(self, lane: Lane, limit: int) -> list[OutboxEntry]:
+        """The oldest `limit` entries of `lane`, in the order they were queued."""
+        if limit < 1:
+            return []
+        with self._reading("list outbox"):
+            rows = list(
+                self._db.query(
+                    "SELECT seq, lane, kind, record_id, created_at, attempts FROM outbox "
+                    "WHERE lane = ? ORDER BY seq LIMIT ?",
+                    (int(Lane(lane)), limit),
+                )
+            )
+        return [
+            OutboxEntry(
+                seq=r["seq"],
+                lane=Lane(r["lane"]),
+                kind=r["kind"],
+                record_id=r["record_id"],
+                created_at=r["created_at"],
+                attempts=r["attempts"],
+            )
+            for r in rows
+        ]
+
+    def outbox_ack(self, seqs: Iterable[int]) -> int:
+        """Remove the entries the server acknowledged; returns how many were still there."""
+        wanted = sorted({int(s) for s in seqs})
+        if not wanted:
+            return 0
+        removed = 0
+        with self._writing(f"ack {len(wanted)} outbox entries"):
+            for start in range(0, len(wanted), _ACK_CHUNK):
+                chunk = wanted[start : start + _ACK_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                removed += self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk).rowcount
+        return removed
+
+    def outbox_counts(self) -> dict[Lane, int]:
+        with self._reading("count outbox"):
+            rows = self._db.execute("SELECT lane, COUNT(*) FROM outbox GROUP BY lane").fetchall()
+        counts = dict.fromkeys(Lane, 0)
+        for lane, n in rows:
+            counts[Lane(lane)] = n
+        return counts
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _enqueue(self, lane: Lane, kind: str, record_id: str, created_at: float) -> None:
+        self._db["outbox"].insert(
+            {"lane": int(lane), "kind": kind, "record_id": record_id, "created_at": created_at},
+            ignore=True,
+        )
+
+    def _pragma(self, name: str) -> Any:
+        return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+
+    def _count_duplicate(self, read_id: str) -> None:
+        self.duplicate_reads += 1
+        held_back = self._duplicate_log.ready()
+        if held_back is not None:
+            log.warning(
+                "%s: read %s already stored; not saved again (%d duplicates in total, %d not logged)",
+                self.path,
+                read_id,
+                self.duplicate_reads,
+                held_back,
+            )
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[None]:
+        with self._lock:
+            self._check_open()
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, action) from exc
+
+    @contextmanager
+    def _writing(self, action: str) -> Iterator[None]:
+        """One BEGIN IMMEDIATE transaction: committed if the block returns, else rolled back."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, action) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self.path}: the store is closed")
+
+
+class _LogLimiter:
+    """Lets one log line through per interval and counts those held back in between."""
+
+    def __init__(self, interval_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._monotonic = monotonic
+        self._last: float | None = None
+        self._held_back = 0
+
+    def ready(self) -> int | None:
+        """The number held back since the last line if one may be logged now, else None."""
+        now = self._monotonic()
+        if self._last is not None and now - self._last < self._interval_s:
+            self._held_back += 1
+            return None
+        held_back, self._held_back, self._last = self._held_back, 0, now
+        return held_back
+
+
+def _read_row(read: PlateRead, *, created_at: float) -> dict[str, Any]:
+    try:
+        if str(uuid.UUID(read.read_id)) != read.read_id:
+            raise ValueError("not in canonical lower-case form")
+        gps = read.gps
+        has_fix = gps.has_fix
+        box = read.best_box
+        return {
+            "read_id": read.read_id,
+            "camera_id": read.camera_id,
+            "plate": read.text,
+            "confidence": float(read.confidence),
+            # allow_nan=False: NaN is not JSON and the server would refuse the whole batch.
+            "char_confidences": json.dumps([float(c) for c in read.char_confidences], allow_nan=False),
+            "region": read.region,
+            "first_seen": float(read.first_seen),
+            "last_seen": float(read.last_seen),
+            "observations": int(read.observations),
+            "box": json.dumps({"x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2}, allow_nan=False),
+            "lat": gps.lat if has_fix else None,
+            "lon": gps.lon if has_fix else None,
+            "speed_mps": gps.speed_mps if has_fix else None,
+            "heading_deg": gps.heading_deg if has_fix else None,
+            "fix_mode": int(gps.mode) if has_fix else int(FixMode.NO_FIX),
+            "fix_time": gps.fix_time if has_fix else None,
+            "gps_source": gps.source,
+            "created_at": float(created_at),
+        }
+    except (ValueError, TypeError) as exc:
+        raise StoreWriteError(f"read {read.read_id!r} refused: {exc}") from exc
+
+
+def _stored_read(row: dict[str, Any]) -> StoredRead:
+    box = json.loads(row["box"])
+    mode = FixMode(row["fix_mode"])
+    if mode >= FixMode.FIX_2D and row["lat"] is not None:
+        gps = GpsFix(
+            mode=mode,
+            lat=row["lat"],
+            lon=row["lon"],
+            speed_mps=row["speed_mps"],
+            heading_deg=row["heading_deg"],
+            fix_time=row["fix_time"],
+            source=row["gps_source"],
+        )
+    else:
+        gps = GpsFix(mode=FixMode.NO_FIX, source=row["gps_source"])
+    return StoredRead(
+        read_id=row["read_id"],
+        camera_id=row["camera_id"],
+        plate=row["plate"],
+        confidence=row["confidence"],
+        char_confidences=tuple(json.loads(row["char_confidences"])),
+        region=row["region"],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        observations=row["observations"],
+        box=Box(box["x1"], box["y1"], box["x2"], box["y2"]),
+        gps=gps,
+        created_at=row["created_at"],
+    )
+
+
+def _translate(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
+    """Map a sqlite3 error to the store's tree by SQLite's primary result code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    message = f"{path}: cannot {action}: {exc}"
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreBusyError(message)
+    if primary == sqlite3.SQLITE_FULL:
+        return StoreFullError(message)
+    if primary == sqlite3.SQLITE_IOERR:
+        return StoreIOError(message)
+    if primary == sqlite3.SQLITE_NOTADB:
+        return NotADatabaseError(f"{path}: not a SQLite database ({exc})")
+    if primary == sqlite3.SQLITE_CORRUPT:
+        return StoreCorruptError(f"{path}: the database is damaged ({exc})")
+    if primary in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY):
+        return StoreOpenError(message)
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+        return StoreClosedError(message)
+    return StoreWriteError(message)
