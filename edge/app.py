@@ -1,0 +1,191 @@
+"""The edge daemon, wired top to bottom: how a frame becomes a stored, GPS-tagged read.
+
+    capture (CaptureManager: one thread per camera, bounded queues, reopen with backoff)
+      -> Pipeline.process(frame): detect (every Nth frame) -> OCR (plates not yet locked)
+         -> Tracker: one pass per vehicle, votes across frames -> ReadEmitted / PassEnded
+      -> gps.current() stamped on each read
+      -> Store.save_read (read + crop + outbox, one durable transaction)
+
+Start-up refuses missing or corrupt models and a bad config before any camera is opened. A
+camera that fails is reopened and reported degraded; the daemon goes on. A store write that
+fails transiently is retried and the read kept in memory meanwhile: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge.capture import CaptureManager
+from edge.config import Config
+from edge.gps import GpsSource, make_gps
+from edge.pipeline import Pipeline
+from edge.store import Store, TransientStoreError
+from edge.track import PassEnded, ReadEmitted, TrackEvent
+from edge.types import PlateRead
+
+log = logging.getLogger("edge.app")
+
+STATUS_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class DaemonSummary:
+    frames: int
+    frames_detected: int
+    frames_dropped: int
+    reads_stored: int
+    reads_pending: int
+    latencies_ms: tuple[float, ...]  # capture of the completing frame -> read committed
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        capture: CaptureManager,
+        pipeline: Pipeline,
+        gps: GpsSource,
+        store: Store,
+        on_read: Callable[[PlateRead], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.capture = capture
+        self.pipeline = pipeline
+        self.gps = gps
+        self.store = store
+        self.on_read = on_read
+        self._clock = clock
+        self._mono = monotonic
+        self._pending: deque[TrackEvent] = deque()  # events the store could not take yet
+        self.reads_stored = 0
+        self.latencies_ms: list[float] = []
+        self._last_states: dict[str, str] = {}
+
+    # --- events -> store ---------------------------------------------------------------------
+
+    def _stamp(self, read: PlateRead) -> PlateRead:
+        return dataclasses.replace(read, gps=self.gps.current())
+
+    def handle(self, events: list[TrackEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, ReadEmitted):
+                ev = ReadEmitted(self._stamp(ev.read))
+            self._pending.append(ev)
+        self._drain_pending()
+
+    def _drain_pending(self) -> None:
+        while self._pending:
+            ev = self._pending[0]
+            try:
+                if isinstance(ev, ReadEmitted):
+                    self.store.save_read(ev.read)
+                elif isinstance(ev, PassEnded):
+                    self.store.finalize_read(ev.read_id, last_seen=ev.last_seen, observations=ev.observations)
+            except TransientStoreError as exc:
+                log.warning("store busy, %d event(s) held in memory and retried: %s", len(self._pending), exc)
+                return
+            self._pending.popleft()
+            if isinstance(ev, ReadEmitted):
+                self.reads_stored += 1
+                self.latencies_ms.append((self._mono() - ev.read.completed_mono) * 1000)
+                log.info(
+                    "read %s camera=%s conf=%.2f id=%s",
+                    ev.read.text,
+                    ev.read.camera_id,
+                    ev.read.confidence,
+                    ev.read.read_id,
+                )
+                if self.on_read:
+                    self.on_read(ev.read)
+
+    # --- health ----------------------------------------------------------------------------
+
+    def _report_camera_changes(self) -> None:
+        for cam, st in self.capture.status().items():
+            state = str(getattr(st.state, "value", st.state))
+            if self._last_states.get(cam) != state:
+                self._last_states[cam] = state
+                level = logging.INFO if state in ("ok", "starting", "ended") else logging.WARNING
+                log.log(level, "camera %s: %s%s", cam, state, f" ({st.cause})" if st.cause else "")
+
+    def status(self) -> dict:
+        gps = self.gps.status()
+        return {
+            "cameras": {
+                cam: {
+                    "state": str(getattr(st.state, "value", st.state)),
+                    "cause": st.cause,
+                    "fps": round(st.fps, 1),
+                    "frames_captured": st.frames_captured,
+                    "frames_dropped": st.frames_dropped,
+                    "reopen_count": st.reopen_count,
+                }
+                for cam, st in self.capture.status().items()
+            },
+            "gps": dataclasses.asdict(gps) if dataclasses.is_dataclass(gps) else str(gps),
+            "pipeline": dataclasses.asdict(self.pipeline.stats),
+            "reads_stored": self.reads_stored,
+            "reads_pending": len(self._pending),
+            "outbox": {lane.name.lower(): n for lane, n in self.store.outbox_counts().items()},
+        }
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, stop_when_sources_end: bool = False) -> DaemonSummary:
+        self.gps.start()
+        self.capture.start()
+        next_status = self._mono() + STATUS_EVERY_S
+        try:
+            while not stop.is_set():
+                frame = self.capture.get(timeout=0.2)
+                if frame is not None:
+                    self.handle(self.pipeline.process(frame))
+                else:
+                    self.handle(self.pipeline.tick(self._clock()))
+                    if self.capture.all_ended:
+                        self.handle(self.pipeline.flush())
+                        if stop_when_sources_end:
+                            break
+                self._report_camera_changes()
+                if self._mono() >= next_status:
+                    next_status = self._mono() + STATUS_EVERY_S
+                    log.info("status %s", self.status())
+        finally:
+            self.handle(self.pipeline.flush())
+            self.capture.stop()
+            self.gps.stop()
+            self._report_camera_changes()
+            deadline = self._mono() + 10.0
+            while self._pending and self._mono() < deadline:
+                time.sleep(0.1)
+                self._drain_pending()
+            if self._pending:
+                log.error("%d read event(s) could not be stored before shutdown", len(self._pending))
+        dropped = sum(st.frames_dropped for st in self.capture.status().values())
+        return DaemonSummary(
+            frames=self.pipeline.stats.frames,
+            frames_detected=self.pipeline.stats.frames_detected,
+            frames_dropped=dropped,
+            reads_stored=self.reads_stored,
+            reads_pending=len(self._pending),
+            latencies_ms=tuple(self.latencies_ms),
+        )
+
+
+def build_daemon(config: Config, *, on_read: Callable[[PlateRead], None] | None = None) -> Daemon:
+    """Everything from the config: models are checked first, then the store, GPS and cameras."""
+    pipeline = Pipeline.from_config(config)  # refuses missing/corrupt models before anything opens
+    store = Store(config.database_path, busy_timeout_s=config.store.busy_timeout_s)
+    cameras = [c for c in config.cameras if c.enabled]
+    capture = CaptureManager(cameras, config.capture)
+    gps = make_gps(config.gps)
+    return Daemon(config, capture=capture, pipeline=pipeline, gps=gps, store=store, on_read=on_read)
