@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     summary = daemon.run(stop, stop_when_sources_end=args.exit_at_end)
-    daemon.store.close()
+    daemon.close()
     print(
         json.dumps(
             {
@@ -143,6 +143,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
     config = _config(args)
+    if not args.verbose:  # the demo prints each read itself; keep the log to warnings
+        logging.getLogger().setLevel(logging.WARNING)
     folder = Path(args.out) if args.out else config.data_path(Path("demo"))
     summary = run_demo(config, folder, printer=lambda s: print(s, flush=True))
     return 0 if summary.reads_stored else 1
@@ -186,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for the video and database (default: <data_dir>/demo)")
     s.set_defaults(func=cmd_demo)
 
+    from edge.hotlist_cli import register
+
+    register(sub)
+    # The hotlist commands take the loaded config (they open its database).
+    sub.choices["hotlist"].set_defaults(needs_loaded_config=True)
     return p
 
 
@@ -202,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     from edge.ocr import OcrError
 
     try:
+        if getattr(args, "needs_loaded_config", False):
+            args.config = _config(args)
         return args.func(args)
     except (ConfigError, ModelError, DetectorError, OcrError, DatasetError, CliError) as exc:
         print(f"alpr-edge: {exc}", file=sys.stderr)

@@ -114,10 +114,10 @@ class OcrConfig(_Section):
     model: str = Field("cct-xs-v2-global", description="Name of the OCR model in models/manifest.toml.")
     threads: int = Field(1, ge=1, le=16, description="Inference threads.")
     crop_pad_x: float = Field(
-        0.08, ge=0, le=1, description="Crop padding left and right, as a fraction of the box width."
+        0.12, ge=0, le=1, description="Crop padding left and right, as a fraction of the box width."
     )
     crop_pad_y: float = Field(
-        0.12, ge=0, le=1, description="Crop padding above and below, as a fraction of the box height."
+        0.06, ge=0, le=1, description="Crop padding above and below, as a fraction of the box height."
     )
     min_plate_height_px: int = Field(
         10, ge=4, description="Plates smaller than this in the main image are tracked but not read."
@@ -158,10 +158,64 @@ class GpsConfig(_Section):
     reconnect_backoff_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect wait.")
 
 
+class HotlistConfig(_Section):
+    fresh_hours: float = Field(12.0, gt=0, description="A list refreshed within this many hours is fresh.")
+    stale_hours: float = Field(
+        48.0, gt=0, description="Older than this a list is stale (hits marked, MDT banner); between: aging."
+    )
+    retro_check_hours: float = Field(
+        24.0, ge=0, description="When entries are added, reads from this many hours back are re-checked."
+    )
+    approximate_matching: bool = Field(
+        True, description="Also hit on OCR-confusion look-alikes and one missing or extra character."
+    )
+    priorities: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-list priority overrides, higher is more urgent (list kinds as in `alpr-edge "
+        "hotlist status`); unnamed lists keep the built-in order, AMBER alert highest.",
+    )
+    check_interval_s: float = Field(
+        0.5,
+        gt=0,
+        le=1.0,
+        description="How often the daemon looks for hotlist changes to retro-check (<= 1 s).",
+    )
+    purge_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How often expired entries, BOLOs and suppressions are purged (and audited).",
+    )
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> HotlistConfig:
+        from edge.hotlist_formats import ListKind
+
+        unknown = sorted(k for k in self.priorities if k not in {str(v) for v in ListKind})
+        if unknown:
+            raise ValueError(
+                f"priorities: unknown list kind(s) {unknown}; known: {sorted(map(str, ListKind))}"
+            )
+        if self.fresh_hours > self.stale_hours:
+            raise ValueError("fresh_hours must not be more than stale_hours")
+        return self
+
+    def settings(self):
+        """The hotlist module's settings object."""
+        from edge.hotlist import HotlistSettings
+
+        return HotlistSettings(
+            priorities=dict(self.priorities),
+            fresh_hours=self.fresh_hours,
+            stale_hours=self.stale_hours,
+            retro_check_hours=self.retro_check_hours,
+            approximate_matching=self.approximate_matching,
+        )
+
+
 class StoreConfig(_Section):
     path: Path = Field(Path("alpr.db"), description="SQLite database, relative to device.data_dir.")
     busy_timeout_s: float = Field(
-        5.0, gt=0, description="How long a write waits for the other process (sync agent) to finish its own."
+        20.0, gt=0, description="How long a write waits for the other process (sync agent) to finish its own."
     )
     crop_jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of stored plate crops.")
 
@@ -191,6 +245,7 @@ class Config(_Section):
     ocr: OcrConfig = OcrConfig()
     tracker: TrackerConfig = TrackerConfig()
     gps: GpsConfig = GpsConfig()
+    hotlist: HotlistConfig = HotlistConfig()
     store: StoreConfig = StoreConfig()
     models: ModelsConfig = ModelsConfig()
 
