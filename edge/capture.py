@@ -102,7 +102,13 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
 
 
 class _Pacer:
-    """Spaces frames `1/fps` apart like a live camera; falls back in step rather than bursting."""
+    """Spaces frames `1/fps` apart like a live camera; falls back in step rather than bursting.
+
+    `stamp` gives a frame's capture time: the wall clock when paced, and the media time (first
+    frame's wall clock + frames / fps) when not, so a recording replayed as fast as the
+    pipeline goes keeps its own timing: two cars a second apart in the file stay a second apart
+    for the tracker, however fast they are decoded.
+    """
 
     def __init__(self, fps: float, realtime: bool, monotonic: Clock, sleep: Callable[[float], None]):
         self._period = 1.0 / fps
@@ -110,6 +116,17 @@ class _Pacer:
         self._monotonic = monotonic
         self._sleep = sleep
         self._next: float | None = None
+        self._media_start: float | None = None
+        self._media_frames = 0
+
+    def stamp(self, clock: Clock) -> float:
+        if self._realtime:
+            return clock()
+        if self._media_start is None:
+            self._media_start = clock()
+        t = self._media_start + self._media_frames * self._period
+        self._media_frames += 1
+        return t
 
     def wait(self) -> None:
         if not self._realtime:
@@ -274,7 +291,7 @@ class VideoFileSource:
         frame = Frame(
             camera_id=self.camera_id,
             seq=self._seq,
-            captured_at=self._clock(),
+            captured_at=self._pacer.stamp(self._clock),
             captured_mono=self._monotonic(),
             image=as_bgr(image),
         )
@@ -365,7 +382,7 @@ class ImageFolderSource:
         frame = Frame(
             camera_id=self.camera_id,
             seq=self._seq,
-            captured_at=self._clock(),
+            captured_at=self._pacer.stamp(self._clock),
             captured_mono=self._monotonic(),
             image=image,
         )

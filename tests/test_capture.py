@@ -774,3 +774,19 @@ def test_only_the_picamera2_backend_imports_picamera2() -> None:
         if re.search(r"^\s*(from picamera2\b|import picamera2\b)", p.read_text(), re.MULTILINE)
     )
     assert importers == ["picamera2_source.py"]
+
+
+def test_video_replayed_faster_than_realtime_keeps_its_media_timing(tmp_path: Path) -> None:
+    from edge.driveby import write_video
+
+    frames = [np.full((48, 64, 3), i * 20, np.uint8) for i in range(6)]
+    video = write_video(tmp_path / "fast.avi", frames, 10.0)
+    cam = CameraConfig(id="rec", source="video", uri=str(video), fps=10.0, realtime=False)
+    source = VideoFileSource(cam, clock=lambda: 1000.0)
+    source.open()
+    try:
+        stamps = [source.read().captured_at for _ in range(6)]
+    finally:
+        source.close()
+    # Decoded in a blink, stamped as recorded: 0.1 s apart from the first frame's wall clock.
+    assert stamps == pytest.approx([1000.0 + i * 0.1 for i in range(6)])
