@@ -5,6 +5,8 @@
          -> Tracker: one pass per vehicle, votes across frames -> ReadEmitted / PassEnded
       -> gps.current() stamped on each read
       -> Store.save_read (read + crop + outbox, one durable transaction)
+      -> Hotlist.match -> Store.save_hits (hit + outbox); hotlist changes made by any process are
+         noticed within `hotlist.check_interval_s` and retro-checked against recent reads
 
 Start-up refuses missing or corrupt models and a bad config before any camera is opened. A
 camera that fails is reopened and reported degraded; the daemon goes on. A store write that
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 from edge.capture import CaptureManager
 from edge.config import Config
 from edge.gps import GpsSource, make_gps
+from edge.hotlist import Hotlist, HotlistError
 from edge.pipeline import Pipeline
-from edge.store import Store, TransientStoreError
+from edge.store import Store, StoredHit, TransientStoreError
 from edge.track import PassEnded, ReadEmitted, TrackEvent
 from edge.types import PlateRead
 
@@ -41,6 +44,7 @@ class DaemonSummary:
     frames_dropped: int
     reads_stored: int
     reads_pending: int
+    hits_stored: int
     latencies_ms: tuple[float, ...]  # capture of the completing frame -> read committed
 
 
@@ -53,7 +57,9 @@ class Daemon:
         pipeline: Pipeline,
         gps: GpsSource,
         store: Store,
+        hotlist: Hotlist | None = None,
         on_read: Callable[[PlateRead], None] | None = None,
+        on_hit: Callable[[PlateRead | None, StoredHit], None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,7 +68,11 @@ class Daemon:
         self.pipeline = pipeline
         self.gps = gps
         self.store = store
+        self.hotlist = hotlist
         self.on_read = on_read
+        self.on_hit = on_hit
+        self._unmatched: deque[PlateRead] = deque()  # stored reads the hotlist could not check yet
+        self.hits_stored = 0
         self._clock = clock
         self._mono = monotonic
         self._pending: deque[TrackEvent] = deque()  # events the store could not take yet
@@ -106,6 +116,64 @@ class Daemon:
                 )
                 if self.on_read:
                     self.on_read(ev.read)
+                if self.hotlist is not None:
+                    self._unmatched.append(ev.read)
+        self._match_pending()
+
+    # --- reads -> hotlist -> hits --------------------------------------------------------------
+
+    def _match_pending(self) -> None:
+        while self._unmatched and self.hotlist is not None:
+            read = self._unmatched[0]
+            try:
+                # The OCR's region is a country, not a state: the read's state is unknown here.
+                hits = self.hotlist.match(read.text, None)
+                stored = self.store.save_hits(read.read_id, hits)
+            except (HotlistError, TransientStoreError) as exc:
+                log.warning(
+                    "hotlist check of read %s deferred (%d waiting): %s",
+                    read.read_id,
+                    len(self._unmatched),
+                    exc,
+                )
+                return
+            self._unmatched.popleft()
+            self._announce(read, stored)
+
+    def _announce(self, read: PlateRead | None, stored: list[StoredHit]) -> None:
+        for hit in stored:
+            self.hits_stored += 1
+            log.warning(
+                "HIT %s %s on %s %s/%s (%s%s, list age %s)",
+                "retroactive" if hit.retroactive else "live",
+                read.text if read else hit.read_id,
+                hit.list_kind,
+                hit.entry_plate,
+                hit.entry_state,
+                hit.match_kind,
+                ", state differs" if hit.state_mismatch else "",
+                "unknown" if hit.list_age_s is None else f"{hit.list_age_s / 3600:.1f} h",
+            )
+            if self.on_hit:
+                self.on_hit(read, hit)
+
+    def check_hotlist_changes(self) -> None:
+        """Retro-check recent reads against entries added since the last check (by any process)."""
+        if self.hotlist is None:
+            return
+        try:
+            if not self.hotlist.changed():
+                return
+            self.hotlist.refresh()
+            result = self.hotlist.retro_check()
+            by_read: dict[str, list] = {}
+            for hit in result.hits:
+                by_read.setdefault(hit.read_id, []).append(hit)
+            for read_id, hits in by_read.items():
+                self._announce(None, self.store.save_hits(read_id, hits))
+            self.hotlist.mark_retro_checked(result.checked_up_to)
+        except (HotlistError, TransientStoreError) as exc:
+            log.warning("hotlist retro-check deferred: %s", exc)
 
     # --- health ----------------------------------------------------------------------------
 
@@ -135,15 +203,47 @@ class Daemon:
             "pipeline": dataclasses.asdict(self.pipeline.stats),
             "reads_stored": self.reads_stored,
             "reads_pending": len(self._pending),
+            "hits_stored": self.hits_stored,
+            "reads_awaiting_hotlist": len(self._unmatched),
+            "hotlist": [
+                {
+                    "list": str(st.list_kind),
+                    "entries": st.entries,
+                    "version": st.version,
+                    "age_s": st.age_s,
+                    "freshness": str(st.freshness),
+                }
+                for st in (self.hotlist.status() if self.hotlist is not None else [])
+            ],
             "outbox": {lane.name.lower(): n for lane, n in self.store.outbox_counts().items()},
         }
+
+    def close(self) -> None:
+        """Release the database (after `run` has returned)."""
+        if self.hotlist is not None:
+            self.hotlist.close()
+        self.store.close()
+
+    def _purge_hotlist(self) -> None:
+        assert self.hotlist is not None
+        try:
+            n = self.hotlist.purge_expired()
+        except HotlistError as exc:
+            log.warning("hotlist purge deferred: %s", exc)
+            return
+        if n:
+            log.info("hotlist: %d expired entr%s purged", n, "y" if n == 1 else "ies")
 
     # --- the loop --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, stop_when_sources_end: bool = False) -> DaemonSummary:
         self.gps.start()
+        if self.hotlist is not None:
+            self.hotlist.load()
         self.capture.start()
         next_status = self._mono() + STATUS_EVERY_S
+        next_hotlist_check = self._mono()
+        next_purge = self._mono()
         try:
             while not stop.is_set():
                 frame = self.capture.get(timeout=0.2)
@@ -156,6 +256,14 @@ class Daemon:
                         if stop_when_sources_end:
                             break
                 self._report_camera_changes()
+                self._match_pending()
+                now = self._mono()
+                if self.hotlist is not None and now >= next_hotlist_check:
+                    next_hotlist_check = now + self.config.hotlist.check_interval_s
+                    self.check_hotlist_changes()
+                if self.hotlist is not None and now >= next_purge:
+                    next_purge = now + self.config.hotlist.purge_interval_s
+                    self._purge_hotlist()
                 if self._mono() >= next_status:
                     next_status = self._mono() + STATUS_EVERY_S
                     log.info("status %s", self.status())
@@ -165,11 +273,19 @@ class Daemon:
             self.gps.stop()
             self._report_camera_changes()
             deadline = self._mono() + 10.0
-            while self._pending and self._mono() < deadline:
-                time.sleep(0.1)
+            while (self._pending or self._unmatched) and self._mono() < deadline:
                 self._drain_pending()
+                if self._pending or self._unmatched:
+                    time.sleep(0.1)
             if self._pending:
                 log.error("%d read event(s) could not be stored before shutdown", len(self._pending))
+            if self._unmatched:
+                log.error(
+                    "%d stored read(s) not checked against the hotlist before shutdown; "
+                    "the next start's retro-check does not cover them",
+                    len(self._unmatched),
+                )
+
         dropped = sum(st.frames_dropped for st in self.capture.status().values())
         return DaemonSummary(
             frames=self.pipeline.stats.frames,
@@ -177,15 +293,31 @@ class Daemon:
             frames_dropped=dropped,
             reads_stored=self.reads_stored,
             reads_pending=len(self._pending),
+            hits_stored=self.hits_stored,
             latencies_ms=tuple(self.latencies_ms),
         )
 
 
-def build_daemon(config: Config, *, on_read: Callable[[PlateRead], None] | None = None) -> Daemon:
-    """Everything from the config: models are checked first, then the store, GPS and cameras."""
+def build_daemon(
+    config: Config,
+    *,
+    on_read: Callable[[PlateRead], None] | None = None,
+    on_hit: Callable[[PlateRead | None, StoredHit], None] | None = None,
+) -> Daemon:
+    """Everything from the config: models are checked first, then the store, hotlist, GPS, cameras."""
     pipeline = Pipeline.from_config(config)  # refuses missing/corrupt models before anything opens
     store = Store(config.database_path, busy_timeout_s=config.store.busy_timeout_s)
+    hotlist = Hotlist(config.database_path, config.hotlist.settings())
     cameras = [c for c in config.cameras if c.enabled]
     capture = CaptureManager(cameras, config.capture)
     gps = make_gps(config.gps)
-    return Daemon(config, capture=capture, pipeline=pipeline, gps=gps, store=store, on_read=on_read)
+    return Daemon(
+        config,
+        capture=capture,
+        pipeline=pipeline,
+        gps=gps,
+        store=store,
+        hotlist=hotlist,
+        on_read=on_read,
+        on_hit=on_hit,
+    )

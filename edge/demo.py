@@ -77,7 +77,7 @@ def run_demo(base: Config, folder: Path, *, printer=print) -> DaemonSummary:
 
     daemon = build_daemon(config, on_read=show)
     summary = daemon.run(threading.Event(), stop_when_sources_end=True)
-    daemon.store.close()
+    daemon.close()
     found = sorted({r.plate for r in _stored_plates(config)})
     printer(
         f"demo: {summary.frames} frames, detector ran on {summary.frames_detected}, "

@@ -28,6 +28,7 @@ other processes see only committed transactions (WAL snapshots).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -46,6 +47,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError
 
+from edge.hotlist import Hit
 from edge.migrations import DowngradeError, MigrationError, apply_migrations
 from edge.types import Box, FixMode, GpsFix, PlateRead
 
@@ -108,6 +110,7 @@ COMPONENT = "store"
 
 KIND_READ = "read"
 KIND_READ_IMAGE = "read_image"
+KIND_HIT = "hit"
 
 
 class Lane(IntEnum):
@@ -160,6 +163,32 @@ STEPS: tuple[str, ...] = (
         UNIQUE (kind, record_id)
     );
     CREATE INDEX outbox_lane_seq ON outbox (lane, seq);
+    """,
+    # 2: hotlist hits. One row per (read, entry): a retro-check that meets a read already hit
+    # live on the same entry adds nothing. `entry` is a JSON snapshot of the hotlist record as it
+    # was at match time, so the hit still says what was matched after the entry is removed.
+    """
+    CREATE TABLE hits (
+        hit_id TEXT PRIMARY KEY NOT NULL,
+        read_id TEXT NOT NULL REFERENCES reads (read_id),
+        entry_id INTEGER NOT NULL,
+        entry_plate TEXT NOT NULL,
+        entry_state TEXT NOT NULL,
+        list_kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        match_kind TEXT NOT NULL CHECK (match_kind IN ('exact', 'approximate')),
+        differing_positions TEXT NOT NULL CHECK (json_valid(differing_positions)),
+        state_mismatch INTEGER NOT NULL CHECK (state_mismatch IN (0, 1)),
+        list_age_s REAL,
+        list_version TEXT,
+        freshness TEXT NOT NULL,
+        stale INTEGER NOT NULL CHECK (stale IN (0, 1)),
+        retroactive INTEGER NOT NULL CHECK (retroactive IN (0, 1)),
+        matched_at REAL NOT NULL,
+        entry TEXT NOT NULL CHECK (json_valid(entry)),
+        UNIQUE (read_id, entry_id)
+    );
+    CREATE INDEX hits_matched_at ON hits (matched_at);
     """,
 )
 
@@ -327,6 +356,42 @@ class Store:
                 )
                 self._enqueue(Lane.IMAGES, KIND_READ_IMAGE, read.read_id, row["created_at"])
 
+    def save_hits(self, read_id: str, hits: Sequence[Hit]) -> list[StoredHit]:
+        """Store a read's hotlist hits and queue them (lane HITS) in one transaction.
+
+        A hit on an entry this read already hit is not stored again; returns the new ones.
+        """
+        if not hits:
+            return []
+        stored = []
+        with self._writing(f"save hits of read {read_id}"):
+            if not self._db.execute("SELECT 1 FROM reads WHERE read_id = ?", (read_id,)).fetchone():
+                raise ReadNotFoundError(f"{self.path}: no read {read_id} to attach hits to")
+            for hit in hits:
+                row = _hit_row(read_id, hit)
+                cur = self._db.execute(
+                    f"INSERT OR IGNORE INTO hits ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                    list(row.values()),
+                )
+                if cur.rowcount:
+                    self._enqueue(Lane.HITS, KIND_HIT, row["hit_id"], row["matched_at"])
+                    stored.append(_stored_hit(row))
+        return stored
+
+    def hits_for_read(self, read_id: str) -> list[StoredHit]:
+        with self._reading(f"hits of read {read_id}"):
+            rows = list(
+                self._db.query("SELECT * FROM hits WHERE read_id = ? ORDER BY priority DESC", (read_id,))
+            )
+        return [_stored_hit(r) for r in rows]
+
+    def recent_hits(self, limit: int = 50) -> list[StoredHit]:
+        with self._reading("recent hits"):
+            rows = list(
+                self._db.query("SELECT * FROM hits ORDER BY matched_at DESC, hit_id LIMIT ?", (limit,))
+            )
+        return [_stored_hit(r) for r in rows]
+
     def finalize_read(self, read_id: str, *, last_seen: float, observations: int) -> None:
         """Record the end of a pass for a read saved early, and queue the updated read for upload."""
         if not math.isfinite(last_seen) or observations < 0:
@@ -480,6 +545,75 @@ class _LogLimiter:
             return None
         held_back, self._held_back, self._last = self._held_back, 0, now
         return held_back
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredHit:
+    """A hotlist hit as stored: which read met which entry, how, and how old the list was."""
+
+    hit_id: str
+    read_id: str
+    entry_id: int
+    entry_plate: str
+    entry_state: str
+    list_kind: str
+    priority: int
+    match_kind: str
+    differing_positions: tuple[int, ...]
+    state_mismatch: bool
+    list_age_s: float | None
+    list_version: str | None
+    freshness: str
+    stale: bool
+    retroactive: bool
+    matched_at: float
+    entry: dict[str, Any]
+
+
+def _hit_row(read_id: str, hit: Hit) -> dict[str, Any]:
+    entry = hit.entry
+    snapshot = {k: (str(v) if k == "list_kind" else v) for k, v in dataclasses.asdict(entry).items()}
+    return {
+        "hit_id": str(uuid.uuid4()),
+        "read_id": read_id,
+        "entry_id": entry.id,
+        "entry_plate": entry.plate,
+        "entry_state": entry.state,
+        "list_kind": str(entry.list_kind),
+        "priority": entry.priority,
+        "match_kind": str(hit.kind),
+        "differing_positions": json.dumps(list(hit.differing_positions)),
+        "state_mismatch": int(hit.state_mismatch),
+        "list_age_s": hit.list_age_s,
+        "list_version": hit.list_version,
+        "freshness": str(hit.freshness),
+        "stale": int(hit.stale),
+        "retroactive": int(hit.retroactive),
+        "matched_at": hit.matched_at,
+        "entry": json.dumps(snapshot),
+    }
+
+
+def _stored_hit(row: dict[str, Any]) -> StoredHit:
+    return StoredHit(
+        hit_id=row["hit_id"],
+        read_id=row["read_id"],
+        entry_id=row["entry_id"],
+        entry_plate=row["entry_plate"],
+        entry_state=row["entry_state"],
+        list_kind=row["list_kind"],
+        priority=row["priority"],
+        match_kind=row["match_kind"],
+        differing_positions=tuple(json.loads(row["differing_positions"])),
+        state_mismatch=bool(row["state_mismatch"]),
+        list_age_s=row["list_age_s"],
+        list_version=row["list_version"],
+        freshness=row["freshness"],
+        stale=bool(row["stale"]),
+        retroactive=bool(row["retroactive"]),
+        matched_at=row["matched_at"],
+        entry=json.loads(row["entry"]),
+    )
 
 
 def _read_row(read: PlateRead, *, created_at: float) -> dict[str, Any]:

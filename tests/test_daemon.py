@@ -10,14 +10,14 @@ import numpy as np
 from edge.app import build_daemon
 from edge.demo import DEMO_PLATES, render_demo_video, run_demo
 from edge.driveby import DriveByStyle, drive_by, render_vehicle_scene, write_video
-from edge.store import Store
+from edge.store import Lane, Store
 
 
 def _run(config, **kw):
     daemon = build_daemon(config, **kw)
     summary = daemon.run(threading.Event(), stop_when_sources_end=True)
     status = daemon.status()
-    daemon.store.close()
+    daemon.close()
     return summary, status
 
 
@@ -155,3 +155,116 @@ def test_reads_carry_the_gpsd_fix_from_gpsfake(make_config, tmp_path, gpsfake_ex
     # drive.nmea drives around 37.775-37.780 N, 122.415-122.420 W.
     assert 37.77 < read.gps.lat < 37.79 and -122.43 < read.gps.lon < -122.41
     assert read.gps.source == "gpsd" and read.gps.fix_time is not None
+
+
+def _csv_hotlist(path: Path, rows: list[str]) -> Path:
+    header = "plate,state,list,priority,description,expires,source_id,agency,year,make,model,color,entered\n"
+    path.write_text(header + "".join(r + "\n" for r in rows))
+    return path
+
+
+def _import(config, csv_path: Path) -> None:
+    from edge.hotlist import Hotlist
+
+    with Hotlist(config.database_path, config.hotlist.settings()) as hotlist:
+        hotlist.import_file(csv_path, "csv")
+
+
+def test_listed_plate_is_stored_as_a_hit_with_entry_kind_age_and_version(make_config, tmp_path):
+    video = _video(tmp_path, ["4FRN221", "8REA735"], seed=20)
+    config = make_config(
+        cameras=[{"id": "front", "source": "video", "uri": str(video), "fps": 15.0, "realtime": False}],
+        capture={"queue_frames": 64},
+    )
+    config.database_path.parent.mkdir(parents=True)
+    _import(
+        config,
+        _csv_hotlist(
+            tmp_path / "list.csv",
+            [
+                "4FRN221,CA,stolen_vehicle,,grey sedan,,V123,CA0340000,2015,TOYT,CAM,GRY,2026-11-30",
+                # 8REA73S: the read 8REA735 differs by a 5/S confusion in the last position.
+                "8REA73S,NV,amber_alert,,child abduction,,A77,NV0020000,,,,,2026-12-01",
+            ],
+        ),
+    )
+    seen = []
+    summary, status = _run(config, on_hit=lambda read, hit: seen.append((read.text, hit.entry_plate)))
+    assert summary.hits_stored == 2
+    assert sorted(seen) == [("4FRN221", "4FRN221"), ("8REA735", "8REA73S")]
+    with Store(config.database_path) as store:
+        by_plate = {r.plate: r for r in store.recent_reads()}
+        (exact,) = store.hits_for_read(by_plate["4FRN221"].read_id)
+        (approx,) = store.hits_for_read(by_plate["8REA735"].read_id)
+        queued = store.outbox_pending(Lane.HITS, 10)
+    assert exact.match_kind == "exact" and exact.list_kind == "stolen_vehicle"
+    assert exact.entry["agency"] == "CA0340000" and exact.entry["make"] == "TOYT"
+    assert exact.list_version and exact.list_age_s is not None and exact.list_age_s < 600
+    assert exact.freshness == "fresh" and not exact.stale and not exact.retroactive
+    assert approx.match_kind == "approximate" and approx.differing_positions == (6,)
+    assert approx.list_kind == "amber_alert" and approx.priority > exact.priority
+    assert {q.record_id for q in queued} == {exact.hit_id, approx.hit_id}
+    assert {h["list"] for h in status["hotlist"]} == {"stolen_vehicle", "amber_alert"}
+
+
+def test_hotlist_import_by_another_process_is_seen_within_a_second_and_retro_checked(make_config, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    frames = []
+    scene, box = render_vehicle_scene("7RET456", seed=12)
+    frames += [f.image for f in drive_by(scene, box, style=DriveByStyle(frames=20, start_scale=0.7), seed=12)]
+    frames += [np.full_like(scene, 80)] * 120  # 8 s of empty road: the daemon keeps running
+    video = write_video(tmp_path / "retro.avi", frames, 15.0)
+    config = make_config(
+        cameras=[{"id": "front", "source": "video", "uri": str(video), "fps": 15.0, "realtime": True}]
+    )
+    cfg_file = tmp_path / "device.toml"
+    cfg_file.write_text(
+        f'[device]\ndata_dir = "{config.database_path.parent}"\n[models]\ndir = "{config.models_dir}"\n'
+    )
+    daemon = build_daemon(config)
+    stop = threading.Event()
+    worker = threading.Thread(target=daemon.run, args=(stop,), kwargs={"stop_when_sources_end": True})
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not daemon.reads_stored and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.reads_stored == 1 and daemon.hits_stored == 0
+        listed = _csv_hotlist(
+            tmp_path / "new.csv", ["7RET456,CA,felony_vehicle,,armed robbery,,F9,CA0190000,,,,,"]
+        )
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge.cli",
+                "--config",
+                str(cfg_file),
+                "hotlist",
+                "import",
+                str(listed),
+                "--format",
+                "csv",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        imported_at = time.monotonic()
+        assert res.returncode == 0, res.stderr
+        while not daemon.hits_stored and time.monotonic() < imported_at + 5:
+            time.sleep(0.02)
+        seen_after = time.monotonic() - imported_at
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+        daemon.close()
+    assert daemon.hits_stored == 1
+    assert seen_after <= 1.0, f"hotlist change seen after {seen_after:.2f} s"
+    with Store(config.database_path) as store:
+        (hit,) = store.recent_hits()
+    assert hit.retroactive and hit.entry_plate == "7RET456" and hit.list_kind == "felony_vehicle"
