@@ -12,7 +12,9 @@ MIRROR_ARG := $(if $(MODEL_MIRROR),--mirror $(MODEL_MIRROR),)
 
 .PHONY: demo test lint models system-deps bench clean
 
-$(STAMP): pyproject.toml
+# Debian packages first: simpleaudio compiles against libasound2-dev.
+$(STAMP): pyproject.toml scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -24,7 +26,7 @@ models: $(STAMP)
 demo: models
 	$(BIN)/alpr-edge demo
 
-# Debian packages the tests need (gpsd/gpsfake, ...); needs root, as CI has.
+# Debian packages the project and its tests need (see the script); root installs what is missing.
 system-deps:
 	scripts/install-system-deps.sh
 
@@ -32,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: models system-deps lint
+test: system-deps models lint
 	ALPR_MODEL_MIRROR=$(MODEL_MIRROR) $(BIN)/pytest
 
 bench: models

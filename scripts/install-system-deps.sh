@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the tests and tools need. Run as root (CI runs as root); idempotent.
 #   gpsd, gpsd-clients: gpsfake and a real gpsd for the GPS tests.
+#   libasound2-dev: headers simpleaudio builds against; alsa-utils: aplay (fallback player).
+#   chromium: the real browser the MDT page is tested in (Playwright drives /usr/bin/chromium).
 set -euo pipefail
-PACKAGES=(gpsd gpsd-clients)
+PACKAGES=(gpsd gpsd-clients libasound2-dev alsa-utils chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
