@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.app import build_daemon
 from edge.demo import DEMO_PLATES, render_demo_video, run_demo
@@ -268,3 +269,29 @@ def test_hotlist_import_by_another_process_is_seen_within_a_second_and_retro_che
     with Store(config.database_path) as store:
         (hit,) = store.recent_hits()
     assert hit.retroactive and hit.entry_plate == "7RET456" and hit.list_kind == "felony_vehicle"
+
+
+def test_onnx_backend_runs_the_same_daemon(make_config, tmp_path, plates_dir):
+    from edge.evaluate import load_dataset
+
+    (sample,) = [s for s in load_dataset(plates_dir / "br") if s.plate == "AYO9034"]
+    still = cv2.imread(str(sample.image_path))
+    frames = [f.image for f in drive_by(still, sample.box, style=DriveByStyle(frames=16), seed=1)]
+    video = write_video(tmp_path / "photo.avi", frames, 15.0)
+    config = make_config(
+        cameras=[{"id": "front", "source": "video", "uri": str(video), "fps": 15.0, "realtime": False}],
+        capture={"queue_frames": 64},
+        detector={"backend": "onnx", "model": "yolo-v9-t-416-dynint8"},
+    )
+    summary, _ = _run(config)
+    with Store(config.database_path) as store:
+        assert [r.plate for r in store.recent_reads()] == ["AYO9034"]
+    assert summary.frames_detected < summary.frames
+
+
+def test_detector_model_of_the_other_backend_is_a_config_error(make_config):
+    from edge.config import ConfigError
+
+    config = make_config(detector={"backend": "onnx", "model": "yolov5-plate-int8"})
+    with pytest.raises(ConfigError, match=r"detector\.model: yolov5-plate-int8 is a tflite model"):
+        build_daemon(config)
