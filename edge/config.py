@@ -133,6 +133,12 @@ class TrackerConfig(_Section):
     lock_observations: int = Field(
         4, ge=1, description="After this many agreeing confident reads the text is locked: OCR stops."
     )
+    early_alert_observations: int = Field(
+        2,
+        ge=1,
+        description="A pass whose confident consensus is exactly a hotlist plate is emitted (and alerts) "
+        "after this many reads instead of lock_observations.",
+    )
     lock_confidence: float = Field(
         0.9, gt=0, le=1, description="Per-character vote share needed to lock the text early."
     )

@@ -9,6 +9,7 @@ Frames skipped by this policy are counted (`frames_not_detected`), never silentl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge.recognize import FrameRecognizer
@@ -86,13 +87,20 @@ class Pipeline:
         return self.tracker.flush(camera_id)
 
     @classmethod
-    def from_config(cls, config, recognizer: FrameRecognizer | None = None) -> Pipeline:
+    def from_config(
+        cls,
+        config,
+        recognizer: FrameRecognizer | None = None,
+        *,
+        is_listed: Callable[[str], bool] | None = None,
+    ) -> Pipeline:
         recognizer = recognizer or FrameRecognizer.from_config(config)
         tracker = Tracker(
             config.tracker,
             alphabet=recognizer.reader.alphabet,
             pad_char=recognizer.reader.pad_char,
             jpeg_quality=config.store.crop_jpeg_quality,
+            is_listed=is_listed,
         )
         return cls(
             recognizer,

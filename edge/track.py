@@ -4,9 +4,11 @@ Each camera has its own tracks. A detection joins the track whose predicted box 
 whose centre is near), unless its text plainly belongs to another plate. Every read crop adds the
 OCR's full per-slot probabilities to the track's vote, weighted by how sure that frame was, so
 a blurred or distant frame counts for less than a sharp close one. When the vote is decisive
-(`lock_observations` reads, every character above `lock_confidence`) the read is emitted at once
-(early alert) and the track stops paying for OCR; when the track is lost for `max_gap_s` the pass
-ends and its read is emitted (if not already) or finalised with the pass's last sighting.
+(`lock_observations` reads, every character above `lock_confidence`; only
+`early_alert_observations` when the consensus is a listed plate, so a hit alerts sooner) the read
+is emitted at once (early alert) and the track stops paying for OCR; when the track is lost for
+`max_gap_s` the pass ends and its read is emitted (if not already) or finalised with the pass's
+last sighting.
 """
 
 from __future__ import annotations
@@ -86,8 +88,11 @@ class Tracker:
         pad_char: str,
         jpeg_quality: int = 90,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        is_listed: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
+        # Is this text an exact hotlist plate? Such a pass locks after early_alert_observations.
+        self.is_listed = is_listed
         self.alphabet = alphabet
         self.pad_index = alphabet.index(pad_char)
         self.jpeg_quality = jpeg_quality
@@ -213,10 +218,17 @@ class Tracker:
         return "".join(chars), conf
 
     def _maybe_emit_locked(self, track: _Track) -> TrackEvent | None:
-        if track.observations < self.config.lock_observations:
+        needed = self.config.lock_observations
+        if self.is_listed is not None:
+            needed = min(needed, self.config.early_alert_observations)
+        if track.observations < needed:
             return None
         text, conf = self._consensus(track)
         if not text or min(conf) < self.config.lock_confidence:
+            return None
+        if track.observations < self.config.lock_observations and not (
+            self.is_listed and self.is_listed(text)
+        ):
             return None
         track.locked = True
         return ReadEmitted(self._make_read(track, text, conf))

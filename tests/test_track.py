@@ -153,3 +153,16 @@ def test_region_is_the_weighted_majority(region_votes):
         feed(tr, i * 0.05, [det(100)], [t])
     (read,) = reads(tr.flush())
     assert read.region == "Brazil"
+
+
+def test_a_listed_plate_is_emitted_after_fewer_reads_than_an_unlisted_one():
+    listed = {"WNT4455"}
+    tr = make(lock_observations=4, early_alert_observations=2)
+    tr.is_listed = listed.__contains__
+    first = feed(tr, 0.0, [det(100), det(700)], [text("WNT4455"), text("OTHER12")])
+    second = feed(tr, 0.05, [det(104), det(696)], [text("WNT4455"), text("OTHER12")])
+    assert reads(first) == []
+    assert [r.text for r in reads(second)] == ["WNT4455"]
+    third = feed(tr, 0.10, [det(108), det(692)], [None, text("OTHER12")])
+    fourth = feed(tr, 0.15, [det(112), det(688)], [None, text("OTHER12")])
+    assert reads(third) == [] and [r.text for r in reads(fourth)] == ["OTHER12"]
