@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from edge.capture import CaptureManager
 from edge.config import Config
 from edge.gps import GpsSource, make_gps
-from edge.hotlist import Hotlist, HotlistError
+from edge.hotlist import Hotlist, HotlistError, MatchKind
 from edge.pipeline import Pipeline
 from edge.store import Store, StoredHit, TransientStoreError
 from edge.track import PassEnded, ReadEmitted, TrackEvent
@@ -298,6 +298,19 @@ class Daemon:
         )
 
 
+def _exact_listing_check(hotlist: Hotlist) -> Callable[[str], bool]:
+    """For the tracker's early alert: is this consensus text exactly a listed plate?"""
+
+    def is_listed(text: str) -> bool:
+        try:
+            return any(hit.kind == MatchKind.EXACT for hit in hotlist.match(text, None))
+        except HotlistError as exc:  # the normal path (lock_observations) still reads the plate
+            log.warning("hotlist unavailable for the early-alert check: %s", exc)
+            return False
+
+    return is_listed
+
+
 def build_daemon(
     config: Config,
     *,
@@ -308,6 +321,7 @@ def build_daemon(
     pipeline = Pipeline.from_config(config)  # refuses missing/corrupt models before anything opens
     store = Store(config.database_path, busy_timeout_s=config.store.busy_timeout_s)
     hotlist = Hotlist(config.database_path, config.hotlist.settings())
+    pipeline.tracker.is_listed = _exact_listing_check(hotlist)
     cameras = [c for c in config.cameras if c.enabled]
     capture = CaptureManager(cameras, config.capture)
     gps = make_gps(config.gps)
