@@ -16,25 +16,30 @@ fails transiently is retried and the read kept in memory meanwhile: nothing is d
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge.capture import CaptureManager
 from edge.config import Config
 from edge.gps import GpsSource, make_gps
 from edge.hotlist import Hotlist, HotlistError, MatchKind
 from edge.pipeline import Pipeline
-from edge.store import Store, StoredHit, TransientStoreError
+from edge.store import Store, StoredHit, StoreError, TransientStoreError
 from edge.track import PassEnded, ReadEmitted, TrackEvent
 from edge.types import PlateRead
 
 log = logging.getLogger("edge.app")
 
-STATUS_EVERY_S = 30.0
+STATUS_EVERY_S = 30.0  # status in the log
+STATUS_FILE_EVERY_S = 5.0  # status.json for the sync agent's heartbeat
+STATUS_FILE = "status.json"
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,21 @@ class Daemon:
             "outbox": {lane.name.lower(): n for lane, n in self.store.outbox_counts().items()},
         }
 
+    def write_status_file(self) -> None:
+        """`<data_dir>/status.json`: the daemon's health for the sync agent's heartbeat.
+
+        Written to a temporary file and renamed, so a reader never sees half of it.
+        """
+        path = self.config.data_path(Path(STATUS_FILE))
+        tmp = path.with_name(f".{STATUS_FILE}.tmp")
+        try:
+            body = {"written_at": self._clock(), **self.status()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(body, default=str))
+            os.replace(tmp, path)
+        except (OSError, HotlistError, StoreError) as exc:
+            log.warning("cannot write %s: %s", path, exc)
+
     def close(self) -> None:
         """Release the database (after `run` has returned)."""
         if self.hotlist is not None:
@@ -243,6 +263,7 @@ class Daemon:
         self.capture.start()
         next_status = self._mono() + STATUS_EVERY_S
         next_hotlist_check = self._mono()
+        next_status_file = self._mono()
         next_purge = self._mono()
         try:
             while not stop.is_set():
@@ -264,6 +285,9 @@ class Daemon:
                 if self.hotlist is not None and now >= next_purge:
                     next_purge = now + self.config.hotlist.purge_interval_s
                     self._purge_hotlist()
+                if now >= next_status_file:
+                    next_status_file = now + STATUS_FILE_EVERY_S
+                    self.write_status_file()
                 if self._mono() >= next_status:
                     next_status = self._mono() + STATUS_EVERY_S
                     log.info("status %s", self.status())
@@ -279,6 +303,7 @@ class Daemon:
                     time.sleep(0.1)
             if self._pending:
                 log.error("%d read event(s) could not be stored before shutdown", len(self._pending))
+            self.write_status_file()
             if self._unmatched:
                 log.error(
                     "%d stored read(s) not checked against the hotlist before shutdown; "

@@ -1,5 +1,6 @@
 """The whole daemon: real video files through capture, models, tracking, GPS and the SQLite store."""
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -73,6 +74,10 @@ def test_two_cameras_at_once_each_read_is_tagged_with_its_camera(make_config, tm
     assert got == {"front": "4FRN221", "rear": "8REA735"}
     assert set(status["cameras"]) == {"front", "rear"}
     assert summary.frames == 2 * 44
+    # The health the sync agent's heartbeat reports, as the daemon last wrote it.
+    health = json.loads((config.database_path.parent / "status.json").read_text())
+    assert health["cameras"]["front"]["state"] == "ended" and health["reads_stored"] == 2
+    assert health["outbox"]["reads"] == 2
 
 
 def test_truncated_video_ends_with_a_cause_and_keeps_what_was_read(make_config, tmp_path):
