@@ -117,7 +117,7 @@ class OcrConfig(_Section):
         0.12, ge=0, le=1, description="Crop padding left and right, as a fraction of the box width."
     )
     crop_pad_y: float = Field(
-        0.06, ge=0, le=1, description="Crop padding above and below, as a fraction of the box height."
+        0.18, ge=0, le=1, description="Crop padding above and below, as a fraction of the box height."
     )
     min_plate_height_px: int = Field(
         10, ge=4, description="Plates smaller than this in the main image are tracked but not read."

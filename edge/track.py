@@ -61,7 +61,11 @@ class _Track:
     first_seen: float
     last_seen: float
     velocity: tuple[float, float] = (0.0, 0.0)  # box centre pixels per second
-    votes: np.ndarray | None = None  # slots x alphabet, weighted sum of probabilities
+    # Per read length: the weighted sum of slots x alphabet probabilities, and the weight. A read
+    # that dropped or gained a character shifts every slot after it, so it only votes with
+    # reads of its own length; the length itself is voted first.
+    votes: dict[int, np.ndarray] = field(default_factory=dict)
+    length_weight: dict[int, float] = field(default_factory=dict)
     weight: float = 0.0
     observations: int = 0  # OCR reads that voted
     sightings: int = 0  # detections linked, read or not
@@ -173,7 +177,7 @@ class Tracker:
 
     def _belongs_elsewhere(self, track: _Track, text: PlateText) -> bool:
         """A confident read that differs from a confident consensus in most characters is another plate."""
-        if track.votes is None or track.observations < 2 or text.confidence < 0.8:
+        if not track.votes or track.observations < 2 or text.confidence < 0.8:
             return False
         consensus, conf = self._consensus(track)
         if min(conf, default=0.0) < 0.8:
@@ -191,9 +195,13 @@ class Tracker:
         certainty = float(np.exp(np.log(np.clip(probs.max(axis=1), 1e-6, 1)).mean()))
         size = min(1.0, det.box.height / 28.0)
         w = certainty * size
-        if track.votes is None or track.votes.shape != probs.shape:
-            track.votes = np.zeros_like(probs, dtype=np.float64)
-        track.votes += w * probs
+        n = len(text.text)
+        if n not in track.votes:
+            track.votes[n] = np.zeros(probs.shape, dtype=np.float64)
+            track.length_weight[n] = 0.0
+        if track.votes[n].shape == probs.shape:
+            track.votes[n] += w * probs
+            track.length_weight[n] += w
         track.weight += w
         track.observations += 1
         if text.region:
@@ -206,15 +214,18 @@ class Tracker:
         track.completed_mono = mono
 
     def _consensus(self, track: _Track) -> tuple[str, list[float]]:
-        assert track.votes is not None and track.weight > 0
-        share = track.votes / track.weight
-        idx = share.argmax(axis=1)
+        """The voted text and, per character, the share of the vote behind it (length share included)."""
+        assert track.votes and track.weight > 0
+        length = max(track.length_weight, key=track.length_weight.__getitem__)
+        length_share = track.length_weight[length] / track.weight
+        share = track.votes[length] / max(track.length_weight[length], 1e-12)
         chars, conf = [], []
-        for slot, j in enumerate(idx):
-            if j == self.pad_index:
-                break
+        for slot in range(min(length, share.shape[0])):
+            row = share[slot].copy()
+            row[self.pad_index] = -1.0  # within this length every slot holds a character
+            j = int(row.argmax())
             chars.append(self.alphabet[j])
-            conf.append(float(share[slot, j]))
+            conf.append(float(row[j]) * length_share)
         return "".join(chars), conf
 
     def _maybe_emit_locked(self, track: _Track) -> TrackEvent | None:
@@ -262,7 +273,7 @@ class Tracker:
     def _end(self, track: _Track) -> TrackEvent | None:
         if track.read_id is not None:
             return PassEnded(track.read_id, track.last_seen, track.observations)
-        if track.observations < self.config.min_observations or track.votes is None:
+        if track.observations < self.config.min_observations or not track.votes:
             return None
         text, conf = self._consensus(track)
         if not text or min(conf) < self.config.min_read_confidence:
