@@ -143,7 +143,7 @@ class TrackerConfig(_Section):
         0.9, gt=0, le=1, description="Per-character vote share needed to lock the text early."
     )
     min_read_confidence: float = Field(
-        0.3, ge=0, le=1, description="Passes whose consensus is weaker than this give no read."
+        0.2, ge=0, le=1, description="Passes whose consensus is weaker than this give no read."
     )
 
 
