@@ -7,6 +7,9 @@
       -> Store.save_read (read + crop + outbox, one durable transaction)
       -> Hotlist.match -> Store.save_hits (hit + outbox); hotlist changes made by any process are
          noticed within `hotlist.check_interval_s` and retro-checked against recent reads
+      -> each stored hit: AlertSink.raise_alert (the tone) -> MdtServer.publish_hit (the page, SSE)
+      <- the officer's answer on the page: Store.save_answer (answer + audit + outbox), then
+         AlertSink.acknowledge stops the tone
 
 Start-up refuses missing or corrupt models and a bad config before any camera is opened. A
 camera that fails is reopened and reported degraded; the daemon goes on. A store write that
@@ -26,10 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.alert import AlertSink, make_alert
 from edge.capture import CaptureManager
 from edge.config import Config
 from edge.gps import GpsSource, make_gps
 from edge.hotlist import Hotlist, HotlistError, MatchKind
+from edge.mdt import MdtServer, MdtSettings, MdtStartError
+from edge.officers import OfficerRegistry, OfficersFileError, load_officers
 from edge.pipeline import Pipeline
 from edge.store import Store, StoredHit, StoreError, TransientStoreError
 from edge.track import PassEnded, ReadEmitted, TrackEvent
@@ -65,6 +71,8 @@ class Daemon:
         hotlist: Hotlist | None = None,
         on_read: Callable[[PlateRead], None] | None = None,
         on_hit: Callable[[PlateRead | None, StoredHit], None] | None = None,
+        alert: AlertSink | None = None,
+        mdt: MdtServer | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -76,6 +84,8 @@ class Daemon:
         self.hotlist = hotlist
         self.on_read = on_read
         self.on_hit = on_hit
+        self.alert = alert
+        self.mdt = mdt
         self._unmatched: deque[PlateRead] = deque()  # stored reads the hotlist could not check yet
         self.hits_stored = 0
         self._clock = clock
@@ -159,6 +169,11 @@ class Daemon:
                 ", state differs" if hit.state_mismatch else "",
                 "unknown" if hit.list_age_s is None else f"{hit.list_age_s / 3600:.1f} h",
             )
+            # The tone first: it needs no database and is what turns the officer's head.
+            if self.alert is not None:
+                self.alert.raise_alert(hit.hit_id, hit.priority)
+            if self.mdt is not None:
+                self.mdt.publish_hit(read, hit)
             if self.on_hit:
                 self.on_hit(read, hit)
 
@@ -192,6 +207,7 @@ class Daemon:
 
     def status(self) -> dict:
         gps = self.gps.status()
+        fix = self.gps.current()
         return {
             "cameras": {
                 cam: {
@@ -205,6 +221,7 @@ class Daemon:
                 for cam, st in self.capture.status().items()
             },
             "gps": dataclasses.asdict(gps) if dataclasses.is_dataclass(gps) else str(gps),
+            "gps_fix": {"has_fix": fix.has_fix, "mode": int(fix.mode), "source": fix.source},
             "pipeline": dataclasses.asdict(self.pipeline.stats),
             "reads_stored": self.reads_stored,
             "reads_pending": len(self._pending),
@@ -221,7 +238,17 @@ class Daemon:
                 for st in (self.hotlist.status() if self.hotlist is not None else [])
             ],
             "outbox": {lane.name.lower(): n for lane, n in self.store.outbox_counts().items()},
+            "alert": dataclasses.asdict(self.alert.status()) if self.alert is not None else None,
+            "mdt": {"url": self.mdt.url if self.mdt.running else None} if self.mdt is not None else None,
         }
+
+    def start_services(self) -> None:
+        """Start the MDT page (if any). A page that cannot start is logged; reading goes on."""
+        if self.mdt is not None and not self.mdt.running:
+            try:
+                self.mdt.start()
+            except MdtStartError as exc:
+                log.error("MDT page not available: %s (hits are still stored and sounded)", exc)
 
     def write_status_file(self) -> None:
         """`<data_dir>/status.json`: the daemon's health for the sync agent's heartbeat.
@@ -239,7 +266,11 @@ class Daemon:
             log.warning("cannot write %s: %s", path, exc)
 
     def close(self) -> None:
-        """Release the database (after `run` has returned)."""
+        """Stop the MDT page and the tones, release the database (after `run` has returned)."""
+        if self.mdt is not None:
+            self.mdt.close()
+        if self.alert is not None:
+            self.alert.close()
         if self.hotlist is not None:
             self.hotlist.close()
         self.store.close()
@@ -258,6 +289,7 @@ class Daemon:
 
     def run(self, stop: threading.Event, *, stop_when_sources_end: bool = False) -> DaemonSummary:
         self.gps.start()
+        self.start_services()
         if self.hotlist is not None:
             self.hotlist.load()
         self.capture.start()
@@ -350,7 +382,8 @@ def build_daemon(
     cameras = [c for c in config.cameras if c.enabled]
     capture = CaptureManager(cameras, config.capture)
     gps = make_gps(config.gps)
-    return Daemon(
+    alert = make_alert(config.alert)
+    daemon = Daemon(
         config,
         capture=capture,
         pipeline=pipeline,
@@ -359,4 +392,25 @@ def build_daemon(
         hotlist=hotlist,
         on_read=on_read,
         on_hit=on_hit,
+        alert=alert,
+    )
+    if config.mdt.enabled:
+        daemon.mdt = build_mdt(config, status=daemon.status, alert=alert)
+    return daemon
+
+
+def build_mdt(config: Config, *, status: Callable[[], dict], alert: AlertSink | None) -> MdtServer:
+    """The MDT page over its own database connections (so page requests never queue behind reads)."""
+    try:
+        officers = load_officers(config.officers_path)
+    except OfficersFileError as exc:
+        log.error("MDT: nobody can log in: %s", exc)
+        officers = OfficerRegistry.empty(str(exc))
+    return MdtServer(
+        MdtSettings.from_config(config),
+        store=Store(config.database_path, busy_timeout_s=config.store.busy_timeout_s),
+        hotlist=Hotlist(config.database_path, config.hotlist.settings()),
+        officers=officers,
+        status=status,
+        alert=alert,
     )

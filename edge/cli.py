@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from edge.config import Config, ConfigError, load_config
+from edge.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 CONFIG_ENV = "ALPR_CONFIG"
 
@@ -150,6 +150,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary.reads_stored else 1
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from edge.enroll import enroll
+
+    path = Path(args.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    config = load_config(path)
+    done = enroll(
+        args.server,
+        args.token,
+        identity_dir=config.data_path(config.sync.identity_dir),
+        config_path=path,
+        ca_cert=Path(args.ca_cert) if args.ca_cert else None,
+    )
+    print(
+        f"enrolled as {done.device_id} with {done.server_url}; "
+        f"identity in {done.cert_path.parent}; {path} updated"
+    )
+    return 0
+
+
+def cmd_officers_hash_pin(args: argparse.Namespace) -> int:
+    import getpass
+
+    from edge.officers import BadPinError, hash_pin
+
+    if sys.stdin.isatty():
+        pin = getpass.getpass("PIN: ")
+        if getpass.getpass("PIN again: ") != pin:
+            raise CliError("the two PINs differ")
+    else:
+        pin = sys.stdin.readline().strip()
+    try:
+        print(hash_pin(pin))
+    except BadPinError as exc:
+        raise CliError(str(exc)) from exc
+    return 0
+
+
+def cmd_officers_list(args: argparse.Namespace) -> int:
+    import time as _time
+    from datetime import UTC, datetime
+
+    from edge.officers import OfficersError, load_officers
+
+    config = _config(args)
+    try:
+        registry = load_officers(config.officers_path)
+    except OfficersError as exc:
+        raise CliError(str(exc)) from exc
+    today = datetime.fromtimestamp(_time.time(), UTC).date()
+    for o in registry.all():
+        training = "current" if o.training_current(today) else "LAPSED (cannot log in)"
+        print(f"{o.id:<12} {o.name:<30} training until {o.training_valid_until or '-'}: {training}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alpr-edge", description="In-car plate reader daemon and tools.")
     p.add_argument(
@@ -161,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the daemon: cameras -> reads in the database")
     s.add_argument("--exit-at-end", action="store_true", help="stop when every camera's stream has ended")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("enroll", help="enroll this device with the department server (fleet technicians)")
+    s.add_argument("--server", required=True, help="department server URL, https://...")
+    s.add_argument(
+        "--token", required=True, help="one-time enrollment token from `alpr-server devices enroll`"
+    )
+    s.add_argument("--ca-cert", help="department CA certificate (PEM) to verify the server with")
+    s.set_defaults(func=cmd_enroll)
 
     s = sub.add_parser("check-config", help="validate a config file and print errors by key path")
     s.add_argument("file", nargs="?", help="config file (default: --config, then the project's config.toml)")
@@ -188,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for the video and database (default: <data_dir>/demo)")
     s.set_defaults(func=cmd_demo)
 
+    s = sub.add_parser("officers", help="the authorized-officer list of the MDT page")
+    osub = s.add_subparsers(dest="officers_command", required=True, metavar="ACTION")
+    h = osub.add_parser("hash-pin", help="print the scrypt hash of a PIN (asked for, or one line on stdin)")
+    h.set_defaults(func=cmd_officers_hash_pin)
+    ol = osub.add_parser("list", help="the officers in the configured officers file and their training")
+    ol.set_defaults(func=cmd_officers_list)
+
     from edge.hotlist_cli import register
 
     register(sub)
@@ -204,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from edge.detect import DetectorError
+    from edge.enroll import EnrollError
     from edge.evaluate import DatasetError
     from edge.models import ModelError
     from edge.ocr import OcrError
@@ -212,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "needs_loaded_config", False):
             args.config = _config(args)
         return args.func(args)
-    except (ConfigError, ModelError, DetectorError, OcrError, DatasetError, CliError) as exc:
+    except (ConfigError, ModelError, DetectorError, OcrError, DatasetError, CliError, EnrollError) as exc:
         print(f"alpr-edge: {exc}", file=sys.stderr)
         return 2
 

@@ -218,6 +218,119 @@ class HotlistConfig(_Section):
         )
 
 
+class AlertConfig(_Section):
+    enabled: bool = Field(True, description="false = no tones (hits still go to the MDT page).")
+    device: str = Field(
+        "default",
+        description="ALSA PCM the tones play on ('default', 'plughw:1,0', ...). simpleaudio can only "
+        "open 'default'; any other name is played with aplay.",
+    )
+    level1_min_priority: int = Field(
+        80, description="Hits of at least this priority get the level-1 tone (fast two-tone, repeats)."
+    )
+    level2_min_priority: int = Field(
+        60, description="Hits of at least this priority (below level 1) get the level-2 tone (two beeps)."
+    )
+    repeat_level1: bool = Field(True, description="Repeat the level-1 tone until the officer answers.")
+    repeat_interval_s: float = Field(
+        3.0, ge=1.0, le=60.0, description="Level-1 repeats: seconds from the start of one burst to the next."
+    )
+    max_repeat_minutes: float = Field(
+        10.0, gt=0, description="Safety cap: a level-1 tone stops repeating this long after it first played."
+    )
+    volume: float = Field(0.8, gt=0, le=1, description="Tone amplitude as a fraction of full scale.")
+    startup_check: bool = Field(
+        True,
+        description="At start, open the device with a moment of silence so a missing device shows as "
+        "degraded before the first hit.",
+    )
+
+    @model_validator(mode="after")
+    def _levels_ordered(self) -> AlertConfig:
+        if self.level1_min_priority <= self.level2_min_priority:
+            raise ValueError("level1_min_priority must be more than level2_min_priority")
+        return self
+
+
+class MdtConfig(_Section):
+    enabled: bool = Field(True, description="Serve the MDT page (live hits, answers, searches) on host:port.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the MDT page listens on: the car-LAN address (loopback = this device only).",
+    )
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the MDT page (0 = any free port).")
+    officers_file: Path = Field(
+        Path("officers.json"),
+        description="Authorized-officer list (ids, PIN hashes, training), relative to device.data_dir.",
+    )
+    session_idle_minutes: float = Field(
+        30.0, gt=0, description="A session unused for this long expires (the officer logs in again)."
+    )
+    session_max_hours: float = Field(
+        12.0, gt=0, description="A session expires this long after login however much it is used."
+    )
+    max_failed_logins: int = Field(
+        5, ge=1, description="Failed logins (per officer id and per client) before a lockout."
+    )
+    lockout_minutes: float = Field(15.0, gt=0, description="How long a lockout lasts.")
+    search_requires_case_number: bool = Field(
+        False, description="Recent-read searches need a case/incident number as well as a reason."
+    )
+    search_max_hours: float = Field(
+        72.0, gt=0, description="How far back a recent-read search may look from the MDT."
+    )
+    hit_history_hours: float = Field(
+        12.0, gt=0, description="Hits from this far back are shown when the page (re)connects."
+    )
+
+
+class SyncConfig(_Section):
+    server_url: str = Field(
+        "",
+        description="The department server, https:// only; written by `alpr-edge enroll`. "
+        "Empty = not enrolled.",
+    )
+    identity_dir: Path = Field(
+        Path("identity"),
+        description="Device certificate, key (0600), department CA and feed keys, relative to "
+        "device.data_dir.",
+    )
+    batch_max_records: int = Field(1000, ge=1, le=5000, description="Records per upload batch at most.")
+    batch_max_bytes: int = Field(
+        524288, ge=1024, le=4194304, description="JSON bytes (before gzip) per upload batch at most."
+    )
+    poll_interval_s: float = Field(
+        0.2, gt=0, le=5, description="While idle, how often the agent looks for new data (cheap)."
+    )
+    idle_interval_s: float = Field(
+        30.0, gt=0, description="While idle, look at the outbox at least this often."
+    )
+    backoff_initial_s: float = Field(1.0, gt=0, description="First wait after a failed upload.")
+    backoff_max_s: float = Field(
+        300.0, gt=0, description="Cap on the wait after failures (doubling, jittered)."
+    )
+    retry_after_max_s: float = Field(
+        3600.0, gt=0, description="A server's Retry-After is honoured up to this many seconds."
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="Timeout of one request once connected.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Timeout to connect to the server.")
+    heartbeat_interval_s: float = Field(60.0, gt=0, description="How often device health is sent.")
+    hotlist_interval_s: float = Field(300.0, gt=0, description="How often the hotlist feed is pulled.")
+    image_budget_mb_per_day: float = Field(
+        100.0,
+        ge=-1,
+        description="Plate-crop upload budget per UTC day over LTE, in MB; 0 = never, -1 = no limit.",
+    )
+
+    @model_validator(mode="after")
+    def _https_only(self) -> SyncConfig:
+        if self.server_url and not self.server_url.startswith("https://"):
+            raise ValueError("server_url must start with https:// (TLS verification is always on)")
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s must not be more than backoff_max_s")
+        return self
+
+
 class StoreConfig(_Section):
     path: Path = Field(Path("alpr.db"), description="SQLite database, relative to device.data_dir.")
     busy_timeout_s: float = Field(
@@ -252,6 +365,9 @@ class Config(_Section):
     tracker: TrackerConfig = TrackerConfig()
     gps: GpsConfig = GpsConfig()
     hotlist: HotlistConfig = HotlistConfig()
+    sync: SyncConfig = SyncConfig()
+    alert: AlertConfig = AlertConfig()
+    mdt: MdtConfig = MdtConfig()
     store: StoreConfig = StoreConfig()
     models: ModelsConfig = ModelsConfig()
 
@@ -276,6 +392,10 @@ class Config(_Section):
     @property
     def database_path(self) -> Path:
         return self.data_path(self.store.path)
+
+    @property
+    def officers_path(self) -> Path:
+        return self.data_path(self.mdt.officers_file)
 
     @property
     def models_dir(self) -> Path:

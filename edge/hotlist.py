@@ -21,7 +21,7 @@ Guarantees:
 - Look-ups never wait for an import: they read the committed WAL snapshot.
 - Officer BOLOs and suppressions always carry an expiry, stop acting when it passes (even if
   nobody purges them) and every add, removal and expiry is written to the append-only `audit`
-  table in the same transaction as the change.
+  table (`edge.audit`, which also queues the row for upload) in the same transaction as the change.
 
 Look-up cost. The reading process holds two int64 arrays (skeleton code and row id of every
 entry, sorted by code: 16 bytes per entry) plus a small tail of entries added since; a read is
@@ -32,14 +32,12 @@ searched with one vectorised binary search. Candidates are fetched from SQLite b
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -47,6 +45,7 @@ from typing import IO, Literal
 
 import numpy as np
 
+from edge import audit
 from edge.hotlist_formats import (
     NCIC_LISTS,
     DeltaChange,
@@ -466,10 +465,6 @@ def _delta_row(record: HotlistRecord, now: float, gen: int) -> tuple:
     return (*row[:5], "delta", *row[5:], now, now, gen)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
-
-
 class _RateLimitedLog:
     """At most one line per `interval_s` per key; the lines in between are counted."""
 
@@ -577,7 +572,9 @@ def connect(path: str | Path, *, timeout_s: float = 30.0) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL like the store: officer BOLOs and suppressions write audit rows and outbox entries
+        # here, and an import or delta is one transaction, so this costs one fsync per change.
+        conn.execute("PRAGMA synchronous=FULL")
     except sqlite3.Error as exc:
         raise HotlistUnavailable(f"{path}: cannot open the database: {exc}") from exc
     return conn
@@ -737,11 +734,19 @@ class Hotlist:
         outcome: str,
         details: Mapping[str, object],
     ) -> None:
-        self._conn.execute(
-            "INSERT INTO audit (at, actor, action, subject, reason, outcome, details) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (_iso(self._clock()), actor, action, subject, reason, outcome, json.dumps(dict(details))),
-        )
+        try:
+            audit.append(
+                self._conn,
+                at=self._clock(),
+                actor=actor,
+                action=action,
+                subject=subject,
+                reason=reason,
+                outcome=outcome,
+                details=details,
+            )
+        except audit.AuditError as exc:
+            raise HotlistUnavailable(str(exc)) from exc
 
     # ------------------------------------------------------------ change detection
 

@@ -21,6 +21,9 @@ Durability story
   re-queues the read with a NEW outbox entry in the same transaction, so the final values are
   uploaded even if the agent was mid-way through uploading, and then acknowledging, the old one.
 - No fix is stored as NULL position, speed, heading and fix time, never as 0,0.
+- An officer's answer to a hit, its audit row and their two outbox entries (lane HITS, kinds
+  "answer" and "audit") are one transaction; answers and audit rows are append-only (triggers).
+  Every audit row, whoever wrote it (`edge.audit`), is queued for upload in lane HITS.
 
 Concurrency: one `Store` may be shared by threads (calls are serialised by a lock). Readers in
 other processes see only committed transactions (WAL snapshots).
@@ -47,8 +50,9 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError
 
+from edge import audit
 from edge.hotlist import Hit
-from edge.migrations import DowngradeError, MigrationError, apply_migrations
+from edge.migrations import DowngradeError, MigrationError, Step, apply_migrations
 from edge.types import Box, FixMode, GpsFix, PlateRead
 
 log = logging.getLogger(__name__)
@@ -106,11 +110,28 @@ class StoreWriteError(PermanentStoreError):
     """A record was refused (bad value or constraint failure); nothing of it was written."""
 
 
+class HitNotFoundError(PermanentStoreError):
+    """No hit with that hit_id is stored."""
+
+
 COMPONENT = "store"
 
 KIND_READ = "read"
 KIND_READ_IMAGE = "read_image"
 KIND_HIT = "hit"
+KIND_ANSWER = "answer"
+KIND_AUDIT = audit.KIND_AUDIT
+
+# What an officer can answer to a hit, in the order the MDT page offers them.
+ANSWERS: tuple[str, ...] = (
+    "confirmed_match",
+    "misread",
+    "wrong_state",
+    "vehicle_mismatch",
+    "entry_cleared",
+    "not_actionable",
+)
+MAX_NOTE_CHARS = 2000
 
 
 class Lane(IntEnum):
@@ -121,8 +142,15 @@ class Lane(IntEnum):
     IMAGES = 2
 
 
+assert audit.OUTBOX_LANE == Lane.HITS, "audit rows must upload in the hits lane"
+
+
+def _queue_audit_rows(conn: sqlite3.Connection) -> None:
+    audit.queue_existing(conn, time.time())
+
+
 # Version N is STEPS[N-1]. Append only: never edit a step that has shipped.
-STEPS: tuple[str, ...] = (
+STEPS: tuple[Step, ...] = (
     """
     CREATE TABLE reads (
         read_id TEXT PRIMARY KEY NOT NULL,
@@ -190,6 +218,28 @@ STEPS: tuple[str, ...] = (
     );
     CREATE INDEX hits_matched_at ON hits (matched_at);
     """,
+    # 3: officers' answers to hits. Append-only like the audit log: a corrected answer is a new
+    # row, the newest is in force. `answer_id` is made by the MDT page, so a retried POST of the
+    # same answer is recognised and not stored twice.
+    """
+    CREATE TABLE answers (
+        answer_id TEXT PRIMARY KEY NOT NULL,
+        hit_id TEXT NOT NULL REFERENCES hits (hit_id),
+        officer TEXT NOT NULL,
+        answer TEXT NOT NULL CHECK (answer IN ('confirmed_match', 'misread', 'wrong_state',
+            'vehicle_mismatch', 'entry_cleared', 'not_actionable')),
+        note TEXT,
+        answered_at REAL NOT NULL
+    );
+    CREATE INDEX answers_hit ON answers (hit_id, answered_at);
+    CREATE TRIGGER answers_no_update BEFORE UPDATE ON answers
+        BEGIN SELECT RAISE(ABORT, 'answers are append-only'); END;
+    CREATE TRIGGER answers_no_delete BEFORE DELETE ON answers
+        BEGIN SELECT RAISE(ABORT, 'answers are append-only'); END;
+    """,
+    # 4: audit rows are uploaded (lane HITS). Rows written before this step (by the hotlist) were
+    # never queued, so none can have been acknowledged: queue them all now.
+    _queue_audit_rows,
 )
 
 
@@ -392,6 +442,146 @@ class Store:
             )
         return [_stored_hit(r) for r in rows]
 
+    def get_hit(self, hit_id: str) -> StoredHit | None:
+        with self._reading(f"get hit {hit_id}"):
+            rows = list(self._db.query("SELECT * FROM hits WHERE hit_id = ?", (hit_id,)))
+        return _stored_hit(rows[0]) if rows else None
+
+    def hits_since(self, since: float, limit: int = 50) -> list[StoredHit]:
+        """Hits matched at or after `since`, newest first."""
+        with self._reading("hits since"):
+            rows = list(
+                self._db.query(
+                    "SELECT * FROM hits WHERE matched_at >= ? ORDER BY matched_at DESC, hit_id LIMIT ?",
+                    (since, limit),
+                )
+            )
+        return [_stored_hit(r) for r in rows]
+
+    # -- officers' answers and the audit log --------------------------------------------------
+
+    def save_answer(
+        self,
+        hit_id: str,
+        *,
+        officer: str,
+        answer: str,
+        note: str | None = None,
+        answer_id: str | None = None,
+    ) -> StoredAnswer:
+        """Store an officer's answer to a hit, its audit row and both outbox entries atomically.
+
+        `answer_id` (a UUID made by the client) makes a retry harmless: an answer already stored
+        under that id is returned as it was, not stored again. Raises HitNotFoundError for an
+        unknown hit and StoreWriteError for an answer that is not one of ANSWERS.
+        """
+        if answer not in ANSWERS:
+            raise StoreWriteError(f"'{answer}' is not an answer; expected one of {', '.join(ANSWERS)}")
+        if not officer.strip():
+            raise StoreWriteError("an answer needs the officer")
+        note = (note or "").strip() or None
+        if note is not None and len(note) > MAX_NOTE_CHARS:
+            raise StoreWriteError(f"the note is longer than {MAX_NOTE_CHARS} characters")
+        try:
+            answer_id = str(uuid.UUID(answer_id)) if answer_id else str(uuid.uuid4())
+        except ValueError as exc:
+            raise StoreWriteError(f"answer id {answer_id!r} is not a UUID") from exc
+        now = self._clock()
+        with self._writing(f"save answer to hit {hit_id}"):
+            hit = self._db.execute(
+                "SELECT read_id, entry_plate, entry_state, list_kind FROM hits WHERE hit_id = ?", (hit_id,)
+            ).fetchone()
+            if hit is None:
+                raise HitNotFoundError(f"no hit {hit_id!r}: the answer was not stored")
+            known = list(self._db.query("SELECT * FROM answers WHERE answer_id = ?", (answer_id,)))
+            if known:
+                return _stored_answer(known[0])
+            row = {
+                "answer_id": answer_id,
+                "hit_id": hit_id,
+                "officer": officer,
+                "answer": answer,
+                "note": note,
+                "answered_at": now,
+            }
+            self._db["answers"].insert(row)
+            self._enqueue(Lane.HITS, KIND_ANSWER, answer_id, now)
+            audit.append(
+                self._conn,
+                at=now,
+                actor=officer,
+                action="hit.answer",
+                subject=hit_id,
+                reason=note,
+                outcome=answer,
+                details={
+                    "answer_id": answer_id,
+                    "read_id": hit[0],
+                    "entry": f"{hit[1]}/{hit[2] or '-'}",
+                    "list_kind": hit[3],
+                },
+            )
+        return _stored_answer(row)
+
+    def answers_for(self, hit_ids: Sequence[str]) -> dict[str, list[StoredAnswer]]:
+        """Every answer to each of `hit_ids`, oldest first (the last one is in force)."""
+        out: dict[str, list[StoredAnswer]] = {h: [] for h in hit_ids}
+        ids = list(out)
+        with self._reading("list answers"):
+            for start in range(0, len(ids), _ACK_CHUNK):
+                chunk = ids[start : start + _ACK_CHUNK]
+                rows = self._db.query(
+                    f"SELECT * FROM answers WHERE hit_id IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY answered_at, rowid",
+                    chunk,
+                )
+                for r in rows:
+                    out[r["hit_id"]].append(_stored_answer(r))
+        return out
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        subject: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        """Append one audit row (and queue it for upload) in its own durable transaction."""
+        with self._writing(f"audit {action}"):
+            try:
+                return audit.append(
+                    self._conn,
+                    at=self._clock(),
+                    actor=actor,
+                    action=action,
+                    subject=subject,
+                    reason=reason,
+                    outcome=outcome,
+                    details=details,
+                )
+            except audit.AuditError as exc:
+                raise StoreWriteError(str(exc)) from exc
+
+    def audit_rows(self, *, limit: int = 100, action_prefix: str | None = None) -> list[audit.AuditRow]:
+        """Newest first."""
+        with self._reading("list audit rows"):
+            return audit.recent(self._conn, limit=limit, action_prefix=action_prefix)
+
+    def search_reads(self, plate_contains: str, *, since: float, limit: int = 200) -> list[StoredRead]:
+        """Reads whose plate contains `plate_contains` (upper-case letters and digits), seen since `since`."""
+        needle = "".join(ch for ch in plate_contains.upper() if ch.isalnum())
+        pattern = "%" + needle + "%"
+        sql = (
+            f"SELECT {_READ_COLUMNS} FROM reads WHERE last_seen >= ? AND plate LIKE ? "
+            "ORDER BY last_seen DESC, read_id LIMIT ?"
+        )
+        with self._reading("search reads"):
+            rows = list(self._db.query(sql, (since, pattern, max(1, limit))))
+        return [_stored_read(r) for r in rows]
+
     def finalize_read(self, read_id: str, *, last_seen: float, observations: int) -> None:
         """Record the end of a pass for a read saved early, and queue the updated read for upload."""
         if not math.isfinite(last_seen) or observations < 0:
@@ -568,6 +758,29 @@ class StoredHit:
     retroactive: bool
     matched_at: float
     entry: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredAnswer:
+    """An officer's answer to a hit (one of ANSWERS), with an optional note."""
+
+    answer_id: str
+    hit_id: str
+    officer: str
+    answer: str
+    note: str | None
+    answered_at: float
+
+
+def _stored_answer(row: dict[str, Any]) -> StoredAnswer:
+    return StoredAnswer(
+        answer_id=row["answer_id"],
+        hit_id=row["hit_id"],
+        officer=row["officer"],
+        answer=row["answer"],
+        note=row["note"],
+        answered_at=row["answered_at"],
+    )
 
 
 def _hit_row(read_id: str, hit: Hit) -> dict[str, Any]:

@@ -48,6 +48,8 @@ def make_config(tmp_path: Path, models_dir: Path):
         base["device"]["data_dir"] = str(tmp_path / "data")
         base["models"]["dir"] = str(models_dir)
         base["gps"]["source"] = "none"
+        if "mdt" in base:  # any free port: tests run side by side and 8080 may be taken
+            base["mdt"]["port"] = 0
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(base.get(key), dict):
                 base[key] = {**base[key], **value}

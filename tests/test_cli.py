@@ -100,3 +100,13 @@ def test_eval_names_the_bad_annotation_line(cli, tmp_path):
     (tmp_path / "x.txt").write_text("x.jpg\t1\t2\n")
     res = cli("eval", str(tmp_path))
     assert res.returncode == 2 and "x.txt:1: expected 6 tab-separated fields" in res.stderr
+
+
+@pytest.mark.parametrize("program", ["alpr-sync", "alpr-server"])
+def test_every_sync_and_server_command_is_documented_in_the_readme(program):
+    import importlib
+
+    module = importlib.import_module({"alpr-sync": "sync.cli", "alpr-server": "server.cli"}[program])
+    readme = (ROOT / "README.md").read_text()
+    for command in _commands(module.build_parser()):
+        assert f"{program} {command}" in readme, f"`{program} {command}` is not in README.md"
