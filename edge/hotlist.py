@@ -1484,6 +1484,22 @@ class Hotlist:
             raise OfficerEntryError("the expiry must be in the future")
         return norm, st
 
+    def mark_refreshed(self, *, source: str = "delta", at: float | None = None) -> int:
+        """Record that the lists fed by `source` were confirmed current at `at` (default: now).
+
+        For a feed that answered "not modified": nothing changed, but the lists are not getting
+        staler. Bumps the change counter so every reader reloads the refresh times. Returns the
+        number of lists marked.
+        """
+        when = self._clock() if at is None else at
+        with self._write() as conn:
+            n = conn.execute(
+                "UPDATE hotlist_lists SET refreshed_at = ? WHERE source = ?", (when, source)
+            ).rowcount
+            if n:
+                self._bump()
+        return n
+
     def purge_expired(self) -> int:
         """Delete expired entries and close expired suppressions, auditing officer ones."""
         now = self._clock()

@@ -25,7 +25,6 @@ import base64
 import binascii
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -287,25 +286,10 @@ class FeedApplier:
         )
 
     def _confirm_current(self, now: float) -> None:
-        """Set the refresh time of the delta-fed lists to now, and bump the hotlist's change counter
-        so every process reloads it.
-
-        This writes two of the hotlist module's rows directly because `Hotlist` has no public call
-        for "confirmed current, nothing changed" yet; it touches nothing but the refresh times and
-        the counter, in one transaction.
-        """
-        conn = self._state.conn
+        """The server confirmed our version is current: the delta-fed lists are fresh as of now."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("UPDATE hotlist_lists SET refreshed_at = ? WHERE source = 'delta'", (now,))
-                conn.execute("UPDATE hotlist_meta SET value = value + 1 WHERE key = 'change_seq'")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
+            self._hotlist.mark_refreshed(source="delta", at=now)
+        except HotlistUnavailable as exc:
             raise FeedUnavailable(f"cannot record the hotlist refresh: {exc}") from exc
 
     def _refused(self, feed: HotlistFeed, cause: str) -> None:

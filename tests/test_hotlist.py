@@ -593,3 +593,24 @@ def test_entries_added_after_load_are_found_after_the_tail_is_merged(db, clock, 
         assert reader.index_bytes == (5 + 120) * 16
         assert all(reader.match(f"T{b}{i:04d}", "WA") for b in range(3) for i in (0, 17, 39))
         assert reader.match("7ABC123", "CA")
+
+
+def test_mark_refreshed_keeps_an_unchanged_delta_fed_list_fresh(tmp_path):
+    from edge.hotlist import Hotlist, HotlistSettings, parse_delta
+
+    now = [1_000_000.0]
+    hl = Hotlist(tmp_path / "d.db", HotlistSettings(fresh_hours=12, stale_hours=48), clock=lambda: now[0])
+    try:
+        lines = [
+            b'{"version": 5, "lists": ["stolen_vehicle"]}',
+            b'{"op":"add","plate":"ABC123","state":"CA","list":"stolen_vehicle"}',
+        ]
+        hl.apply_delta(parse_delta(lines))
+        now[0] += 50 * 3600
+        assert [s.freshness for s in hl.status()] == ["stale"]
+        assert hl.mark_refreshed(source="delta") == 1
+        (st,) = hl.status()
+        assert st.freshness == "fresh" and st.age_s == 0 and st.version == "5"
+        assert hl.match("ABC123")[0].stale is False
+    finally:
+        hl.close()
