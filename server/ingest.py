@@ -82,6 +82,12 @@ _INSERT_READ = (
     "first_seen, last_seen, observations, lat, lon, speed_mps, heading_deg, fix_mode, fix_time) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A read the device saved early (for a quick alert) is queued again, same id, when its pass ends:
+# the repeat is acknowledged as a duplicate but its pass may only grow, so keep the final extent.
+_EXTEND_READ = (
+    "UPDATE reads SET last_seen = max(last_seen, ?), observations = max(observations, ?) "
+    "WHERE id = ? AND device_id = ? AND (last_seen < ? OR observations < ?)"
+)
 _INSERT_EVENT = (
     "INSERT INTO events (id, kind, device_id, batch_id, received_at, body) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -132,6 +138,7 @@ class Ingest:
         stored: list[str] = []
         duplicate: list[str] = []
         reads: list[tuple] = []
+        extended: list[tuple] = []
         events: list[tuple] = []
         with self._db.write() as conn:
             read_ids = [r.id for r in candidates if isinstance(r, ReadRecord)]
@@ -140,6 +147,9 @@ class Ingest:
             for record in candidates:
                 if record.id in known:
                     duplicate.append(record.id)
+                    if isinstance(record, ReadRecord):
+                        grown = (record.last_seen, record.observations)
+                        extended.append((*grown, record.id, device_id, *grown))
                     continue
                 known.add(record.id)
                 stored.append(record.id)
@@ -178,6 +188,8 @@ class Ingest:
                     )
             if reads:
                 conn.executemany(_INSERT_READ, reads)
+            if extended:
+                conn.executemany(_EXTEND_READ, extended)
             if events:
                 conn.executemany(_INSERT_EVENT, events)
         return BatchAck(

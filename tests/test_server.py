@@ -186,6 +186,31 @@ def test_replayed_batch_is_acknowledged_as_duplicates_and_stored_once(server, de
     assert server.count("read") == before + 5
 
 
+def test_a_read_requeued_when_its_pass_ended_keeps_the_final_extent(server, device):
+    import sqlite3
+
+    (early,) = fresh_reads(1)
+    final = early.model_copy(
+        update={"last_seen": early.last_seen + 4.0, "observations": early.observations + 9}
+    )
+    with device.client(server.url) as http:
+        http.post(BATCH_PATH, content=encode_batch(batch_for(device.device_id, [early])), headers=GZIP)
+        ack = BatchAck.model_validate_json(
+            http.post(
+                BATCH_PATH, content=encode_batch(batch_for(device.device_id, [final])), headers=GZIP
+            ).content
+        )
+        # An older copy arriving late never shrinks the pass.
+        http.post(BATCH_PATH, content=encode_batch(batch_for(device.device_id, [early])), headers=GZIP)
+    assert ack.duplicate == [early.id]
+    db = sqlite3.connect(server.dept.home.db_path)
+    try:
+        row = db.execute("SELECT last_seen, observations FROM reads WHERE id = ?", (early.id,)).fetchone()
+    finally:
+        db.close()
+    assert row == (final.last_seen, final.observations)
+
+
 def test_hits_answers_and_reads_land_in_their_own_kinds(server, device):
     (read,) = fresh_reads(1)
     hit = HitRecord(
