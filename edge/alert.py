@@ -49,6 +49,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edge.config import AlertConfig
+from edge.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -328,32 +329,6 @@ class AlertSink(Protocol):
     def close(self) -> None: ...
 
 
-class _RateLimitedLog:
-    """One log line per kind per interval, with the number of lines held back since the last."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float, clock: Clock) -> None:
-        self._logger = logger
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def log(self, level: int, kind: str, msg: str, *args: object, exc_info: bool = False) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self._interval_s:
-                self._held[kind] = self._held.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            held = self._held.pop(kind, 0)
-        if held:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, held)
-        self._logger.log(level, msg, *args, exc_info=exc_info)
-
-
 @dataclass
 class _Hit:
     hit_id: str
@@ -389,7 +364,7 @@ class ToneAlert:
         self._player = player if player is not None else default_player(config.device)
         self._on_tone_started = on_tone_started
         self._clock = monotonic
-        self._log = _RateLimitedLog(log, log_interval_s, monotonic)
+        self._log = RateLimitedLog(log, log_interval_s, monotonic)
         self._tones = {lvl: Tone(render(p, volume=config.volume)) for lvl, p in PATTERNS.items()}
         self._check_tone = Tone(np.zeros(round(CHECK_SILENCE_S * SAMPLE_RATE), dtype=np.int16))
 

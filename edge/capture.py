@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from edge.config import CameraConfig, CaptureConfig
+from edge.ratelog import RateLimitedLog
 from edge.types import Frame
 
 log = logging.getLogger(__name__)
@@ -447,32 +448,6 @@ class ReopenBackoff:
 
     def reset(self) -> None:
         self._next = self._initial
-
-
-class RateLimitedLog:
-    """At most one line per key per interval; the next line says how many were held back."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, monotonic: Clock = time.monotonic):
-        self._logger = logger
-        self._interval = interval_s
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._state: dict[str, tuple[float, int]] = {}
-
-    def log(
-        self, level: int, key: str, msg: str, *args: object, exc_info: BaseException | None = None
-    ) -> None:
-        now = self._monotonic()
-        with self._lock:
-            last, held = self._state.get(key, (None, 0))
-            if last is not None and now - last < self._interval:
-                self._state[key] = (last, held + 1)
-                return
-            self._state[key] = (now, 0)
-        if held:
-            msg += " (%d similar lines held back)"
-            args = (*args, held)
-        self._logger.log(level, msg, *args, exc_info=exc_info)
 
 
 CameraState = Literal["starting", "ok", "degraded", "ended"]

@@ -42,6 +42,7 @@ import serial
 from gpsdclient import GPSDClient
 
 from edge.config import GpsConfig
+from edge.ratelog import RateLimitedLog
 from edge.types import NO_FIX, FixMode, GpsFix
 
 log = logging.getLogger(__name__)
@@ -92,32 +93,6 @@ class GpsSource(Protocol):
     def current(self) -> GpsFix: ...
 
     def status(self) -> GpsStatus: ...
-
-
-class _RateLimitedLog:
-    """One log line per kind per interval, with the number of lines held back since the last."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float, clock: Clock) -> None:
-        self._logger = logger
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def log(self, level: int, kind: str, msg: str, *args: object) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self._interval_s:
-                self._held[kind] = self._held.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            held = self._held.pop(kind, 0)
-        if held:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, held)
-        self._logger.log(level, msg, *args)
 
 
 def _finite(value: Any) -> float | None:
@@ -213,7 +188,7 @@ class _BackgroundSource:
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._logs = _RateLimitedLog(log, LOG_INTERVAL_S, clock)
+        self._logs = RateLimitedLog(log, LOG_INTERVAL_S, clock)
         self._connected = False
         self._cause: str | None = None
         self._reports = 0

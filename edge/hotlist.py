@@ -72,6 +72,7 @@ from edge.plate_confusions import (
     probe_codes,
     skeleton_code,
 )
+from edge.ratelog import RateLimitedLog
 
 __all__ = [
     "DEFAULT_PRIORITIES",
@@ -383,20 +384,9 @@ _SCHEMA_V1 = (
         removed_at REAL,
         removed_by TEXT
     )""",
-    """CREATE TABLE IF NOT EXISTS audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        subject TEXT,
-        reason TEXT,
-        outcome TEXT NOT NULL,
-        details TEXT
-    )""",
-    """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-       BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-       BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END""",
+    # Suppression changes write audit rows in their own transaction, so the table must exist even
+    # before the store has migrated; its one definition is edge.audit's.
+    *audit.SCHEMA,
 )
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1,)
@@ -463,27 +453,6 @@ _STAGING = """CREATE TEMP TABLE IF NOT EXISTS hotlist_staging (
 def _delta_row(record: HotlistRecord, now: float, gen: int) -> tuple:
     row = record_row(record)
     return (*row[:5], "delta", *row[5:], now, now, gen)
-
-
-class _RateLimitedLog:
-    """At most one line per `interval_s` per key; the lines in between are counted."""
-
-    def __init__(self, clock: Callable[[], float], interval_s: float = 60.0) -> None:
-        self._clock = clock
-        self._interval = interval_s
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        held = self._held.pop(key, 0)
-        self._last[key] = now
-        suffix = f" ({held} similar since the last report)" if held else ""
-        log.warning(message + suffix, *args)
 
 
 # ---------------------------------------------------------------- in-memory index
@@ -607,7 +576,7 @@ class Hotlist:
             self._conn = connect(db)
             self._owns_conn = True
             self._path = str(db)
-        self._rlog = _RateLimitedLog(clock)
+        self._rlog = RateLimitedLog(log, 60.0)
         self._counts: dict[str, int] = dict.fromkeys(Counters.__dataclass_fields__, 0)
         self._index: _PlateIndex | None = None
         self._data_version: int | None = None

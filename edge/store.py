@@ -53,6 +53,7 @@ from sqlite_utils.db import NotFoundError
 from edge import audit
 from edge.hotlist import Hit
 from edge.migrations import DowngradeError, MigrationError, Step, apply_migrations
+from edge.ratelog import RateLimitedLog
 from edge.types import Box, FixMode, GpsFix, PlateRead
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class Store:
         self._lock = threading.RLock()
         self._closed = False
         self.duplicate_reads = 0  # save_read calls ignored because the read_id was already stored
-        self._duplicate_log = _LogLimiter(60.0)
+        self._duplicate_log = RateLimitedLog(log, 60.0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -677,7 +678,7 @@ class Store:
 
     def _count_duplicate(self, read_id: str) -> None:
         self.duplicate_reads += 1
-        held_back = self._duplicate_log.ready()
+        held_back = self._duplicate_log.ready("duplicate")
         if held_back is not None:
             log.warning(
                 "%s: read %s already stored; not saved again (%d duplicates in total, %d not logged)",
@@ -716,25 +717,6 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self.path}: the store is closed")
-
-
-class _LogLimiter:
-    """Lets one log line through per interval and counts those held back in between."""
-
-    def __init__(self, interval_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._interval_s = interval_s
-        self._monotonic = monotonic
-        self._last: float | None = None
-        self._held_back = 0
-
-    def ready(self) -> int | None:
-        """The number held back since the last line if one may be logged now, else None."""
-        now = self._monotonic()
-        if self._last is not None and now - self._last < self._interval_s:
-            self._held_back += 1
-            return None
-        held_back, self._held_back, self._last = self._held_back, 0, now
-        return held_back
 
 
 @dataclass(frozen=True, kw_only=True)

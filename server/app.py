@@ -44,6 +44,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edge.ratelog import RateLimitedLog
 from server.ca import CSRRefused
 from server.db import DatabaseBusy, ServerDBError
 from server.devices import NotAuthenticated, TokenRefused
@@ -100,29 +101,6 @@ class Problem(Exception):
         self.title = title
         self.detail = detail
         self.headers = headers or {}
-
-
-class _RateLimitedLog:
-    """At most one line per `interval_s` per key; the lines in between are counted and reported."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, interval_s: float = 10.0) -> None:
-        self._clock = clock
-        self._interval = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = self._clock()
-        with self._lock:
-            if now - self._last.get(key, -1e18) < self._interval:
-                self._suppressed[key] += 1
-                return
-            self._last[key] = now
-            skipped = self._suppressed.pop(key, 0)
-        if skipped:
-            message += f" (and {skipped} more like it since the last line)"
-        log.warning(message, *args)
 
 
 @dataclass
@@ -305,7 +283,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    rlog = _RateLimitedLog()
+    rlog = RateLimitedLog(log, 10.0)
     counters: collections.Counter[str] = collections.Counter()
     faults = FaultPlan()
     faults_lock = threading.Lock()

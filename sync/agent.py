@@ -47,6 +47,7 @@ from pydantic import ValidationError
 
 from edge.config import Config
 from edge.hotlist import Hotlist, HotlistError
+from edge.ratelog import RateLimitedLog
 from edge.store import Lane, OutboxEntry, Store, StoreError
 from sync.feed import (
     KEY_ENDORSEMENTS,
@@ -121,25 +122,6 @@ class AgentStats:
     by_error: dict[str, int] = field(default_factory=dict)
 
 
-class _LogLimiter:
-    """One line per key per interval; counts what it held back."""
-
-    def __init__(self, interval_s: float, monotonic: Callable[[], float]) -> None:
-        self._interval_s = interval_s
-        self._monotonic = monotonic
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def ready(self, key: str) -> int | None:
-        now = self._monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval_s:
-            self._held[key] = self._held.get(key, 0) + 1
-            return None
-        self._last[key] = now
-        return self._held.pop(key, 0)
-
-
 class Agent:
     """One loop: upload a batch (or an image), send what is due, else wait for data or a timer."""
 
@@ -167,7 +149,7 @@ class Agent:
         self._clock = clock
         self._mono = monotonic
         self._rng = rng or random.Random()
-        self._logs = _LogLimiter(60.0, monotonic)
+        self._logs = RateLimitedLog(log, 60.0, monotonic)
         self.stats = AgentStats()
         self._failures = 0
         self._not_before = 0.0  # monotonic: no upload attempt before this

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from edge.ratelog import RateLimitedLog
 from edge.store import KIND_HIT, KIND_READ, KIND_READ_IMAGE, Lane, OutboxEntry
 from sync.protocol import AnswerRecord, AuditRecord, HitRecord, ReadRecord
 
@@ -58,21 +58,6 @@ class Prepared:
     unusable: list[Unusable]
 
 
-class _RateLimited:
-    def __init__(self, interval_s: float = 60.0, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._interval_s = interval_s
-        self._monotonic = monotonic
-        self._last: dict[str, float] = {}
-
-    def ready(self, key: str) -> bool:
-        now = self._monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval_s:
-            return False
-        self._last[key] = now
-        return True
-
-
 def _r(value: float | None, digits: int) -> float | None:
     return None if value is None else round(float(value), digits)
 
@@ -83,7 +68,7 @@ class OutboxReader:
     def __init__(self, conn: sqlite3.Connection, *, instance_id: uuid.UUID) -> None:
         self._conn = conn
         self._instance = instance_id
-        self._log = _RateLimited()
+        self._log = RateLimitedLog(log, 60.0)
         self.unknown_kind_entries = 0  # last count of entries left alone because of their kind
         self._tables: set[str] = set()
         self._tables_version: int | None = None
@@ -135,8 +120,9 @@ class OutboxReader:
         )
         total = sum(n for _, n in rows)
         self.unknown_kind_entries = total
-        if total and self._log.ready("unknown"):
-            log.warning(
+        if total:
+            self._log.warning(
+                "unknown",
                 "outbox holds %d entries of kinds this agent cannot upload yet (%s): left in the outbox "
                 "for a newer sync agent",
                 total,
