@@ -237,6 +237,11 @@ class Daemon:
                 }
                 for st in (self.hotlist.status() if self.hotlist is not None else [])
             ],
+            "hotlist_feed_refused": (
+                dataclasses.asdict(refusal)
+                if self.hotlist is not None and (refusal := self.hotlist.feed_refusal()) is not None
+                else None
+            ),
             "outbox": {lane.name.lower(): n for lane, n in self.store.outbox_counts().items()},
             "alert": dataclasses.asdict(self.alert.status()) if self.alert is not None else None,
             "mdt": {"url": self.mdt.url if self.mdt.running else None} if self.mdt is not None else None,

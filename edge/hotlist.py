@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_PRIORITIES",
     "DeltaRejected",
     "DeltaResult",
+    "FeedRefusal",
     "Freshness",
     "Hit",
     "Hotlist",
@@ -271,6 +272,16 @@ class Suppression:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FeedRefusal:
+    """The last hotlist feed refused (bad signature, rollback, expired...), while it is the latest word."""
+
+    at: float
+    cause: str
+    from_version: int | None
+    to_version: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ListStatus:
     list_kind: ListKind
     entries: int
@@ -389,7 +400,22 @@ _SCHEMA_V1 = (
     *audit.SCHEMA,
 )
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1,)
+
+def _schema_v2(conn: sqlite3.Connection) -> None:
+    # The last feed the sync agent refused (one row at most): the list in force stays, and the
+    # MDT status strip says why it is not being updated.
+    conn.execute(
+        """CREATE TABLE hotlist_feed_refusal (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            at REAL NOT NULL,
+            cause TEXT NOT NULL,
+            from_version INTEGER,
+            to_version INTEGER
+        )"""
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1, _schema_v2)
 
 _ENTRY_COLUMNS = (
     "id, plate, state, list_kind, priority, source, source_record_id, agency, vehicle_year, make, "
@@ -1514,6 +1540,31 @@ class Hotlist:
         return n + len(sups)
 
     # ------------------------------------------------------------ status
+
+    def record_feed_refusal(
+        self, cause: str, *, from_version: int | None = None, to_version: int | None = None
+    ) -> None:
+        """Remember that a feed was refused (the lists in force are untouched by this)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO hotlist_feed_refusal (id, at, cause, from_version, to_version) "
+                "VALUES (1, ?, ?, ?, ?)",
+                (self._clock(), cause, from_version, to_version),
+            )
+
+    def clear_feed_refusal(self) -> None:
+        """A feed was taken since: the refusal no longer describes the lists."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM hotlist_feed_refusal")
+
+    def feed_refusal(self) -> FeedRefusal | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT at, cause, from_version, to_version FROM hotlist_feed_refusal WHERE id = 1"
+            ).fetchone()
+        if row is None:
+            return None
+        return FeedRefusal(at=row[0], cause=row[1], from_version=row[2], to_version=row[3])
 
     def status(self) -> list[ListStatus]:
         """Per list: entries, source, version, age and fresh/aging/stale at this moment."""

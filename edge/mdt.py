@@ -578,6 +578,7 @@ class MdtServer:
             for h in raw.get("hotlist") or []
         ]
         view["stale"] = any(h["freshness"] == "stale" for h in view["hotlist"])
+        view["feed_refused"] = raw.get("hotlist_feed_refused")
         view["backlog"] = raw.get("outbox") or {}
         if self.alert is not None:
             try:

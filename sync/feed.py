@@ -237,6 +237,10 @@ class FeedApplier:
             return FeedOutcome(status="refused", version=current, cause=str(exc))
         self._state.put(KEY_FEED_OK, {"at": self._clock(), "version": result.version})
         self._state.delete(KEY_FEED_REFUSED)
+        try:
+            self._hotlist.clear_feed_refusal()
+        except HotlistUnavailable as exc:
+            log.warning("cannot clear the recorded feed refusal: %s", exc)
         return result
 
     def _take(self, feed: HotlistFeed, current: int) -> FeedOutcome:
@@ -302,6 +306,12 @@ class FeedApplier:
                 "to_version": feed.to_version,
             },
         )
+        try:  # for the MDT status strip, through the hotlist the daemon reads
+            self._hotlist.record_feed_refusal(
+                cause, from_version=feed.from_version, to_version=feed.to_version
+            )
+        except HotlistUnavailable as exc:
+            log.warning("cannot record the feed refusal for the MDT: %s", exc)
         now = time.monotonic()
         if self._last_logged is None or self._last_logged[0] != cause or now - self._last_logged[1] > 300:
             log.error("hotlist feed refused, list in force kept: %s", cause)

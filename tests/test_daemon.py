@@ -211,6 +211,7 @@ def test_listed_plate_is_stored_as_a_hit_with_entry_kind_age_and_version(make_co
     assert approx.list_kind == "amber_alert" and approx.priority > exact.priority
     assert {q.record_id for q in queued} == {exact.hit_id, approx.hit_id}
     assert {h["list"] for h in status["hotlist"]} == {"stolen_vehicle", "amber_alert"}
+    assert status["hotlist_feed_refused"] is None
 
 
 def test_hotlist_import_by_another_process_is_seen_within_a_second_and_retro_checked(make_config, tmp_path):

@@ -593,6 +593,25 @@ def test_failing_status_source_shows_an_error_in_the_strip_not_a_crash(tmp_path)
         m.store.close()
 
 
+def test_a_refused_hotlist_feed_shows_in_the_status_strip(tmp_path):
+    refusal = {
+        "at": 1.0,
+        "cause": "signature does not verify (tampered?)",
+        "from_version": 5,
+        "to_version": 6,
+    }
+    m = start_mdt(tmp_path, status=lambda: {"hotlist_feed_refused": refusal})
+    try:
+        with m.client() as c:
+            m.login(c)
+            r = c.get("/api/status")
+        assert r.status_code == 200 and r.json()["feed_refused"] == refusal
+    finally:
+        m.server.close()
+        m.hotlist.close()
+        m.store.close()
+
+
 def test_stop_ends_open_event_streams_and_frees_the_port(mdt):
     with mdt.client() as c:
         mdt.login(c)

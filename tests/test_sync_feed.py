@@ -107,9 +107,13 @@ def test_feed_with_one_flipped_byte_is_refused_and_the_list_in_force_kept(rig, k
     assert rig.plates() == {"7NEW001"} and rig.applier.version_in_force() == 5
     refused = rig.state.get(KEY_FEED_REFUSED)
     assert refused["to_version"] == 6 and "tampered" in refused["cause"]
+    # what the daemon's status (and so the MDT status strip) reads, through the hotlist
+    shown = rig.hotlist.feed_refusal()
+    assert shown is not None and shown.to_version == 6 and "tampered" in shown.cause
     # the genuine feed still goes in, and clears the refusal the MDT shows
     assert rig.applier.take(good).status == "applied"
     assert rig.plates() == set() and rig.state.get(KEY_FEED_REFUSED) is None
+    assert rig.hotlist.feed_refusal() is None
 
 
 def test_rollback_to_an_older_version_is_refused(rig, keys):

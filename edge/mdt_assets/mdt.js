@@ -141,6 +141,8 @@ function renderStatus(st) {
   const worst = lists.some((l) => l.freshness === "stale") ? "bad" : lists.some((l) => l.freshness === "aging") ? "warn" : "ok";
   setItem("#st-hotlist", "HOTLIST " + (lists.length ? lists.map((l) => `${l.list.replace(/_/g, " ")} ${fmtAge(l.age_s)}`).join(" · ") : "none loaded"),
     lists.length ? worst : "bad");
+  const refused = st.feed_refused;
+  setItem("#st-feed", refused ? `HOTLIST UPDATE REFUSED: ${refused.cause}` : "", refused ? "bad" : "");
   const b = st.backlog || {};
   const backlog = (b.hits || 0) + (b.reads || 0) + (b.images || 0);
   setItem("#st-backlog", `UPLOAD BACKLOG ${b.hits || 0} hits · ${b.reads || 0} reads · ${b.images || 0} images`, backlog > 500 ? "warn" : "ok");
