@@ -86,7 +86,8 @@ class Daemon:
         self.on_hit = on_hit
         self.alert = alert
         self.mdt = mdt
-        self._unmatched: deque[PlateRead] = deque()  # stored reads the hotlist could not check yet
+        # Stored reads the hotlist has not checked yet: (read_id, text, the read when this run made it).
+        self._unmatched: deque[tuple[str, str, PlateRead | None]] = deque()
         self.hits_stored = 0
         self._clock = clock
         self._mono = monotonic
@@ -132,28 +133,42 @@ class Daemon:
                 if self.on_read:
                     self.on_read(ev.read)
                 if self.hotlist is not None:
-                    self._unmatched.append(ev.read)
+                    self._unmatched.append((ev.read.read_id, ev.read.text, ev.read))
         self._match_pending()
 
     # --- reads -> hotlist -> hits --------------------------------------------------------------
 
     def _match_pending(self) -> None:
         while self._unmatched and self.hotlist is not None:
-            read = self._unmatched[0]
+            read_id, text, read = self._unmatched[0]
             try:
                 # The OCR's region is a country, not a state: the read's state is unknown here.
-                hits = self.hotlist.match(read.text, None)
-                stored = self.store.save_hits(read.read_id, hits)
+                hits = self.hotlist.match(text, None)
+                stored = self.store.save_hits(read_id, hits, checked=True)
             except (HotlistError, TransientStoreError) as exc:
                 log.warning(
                     "hotlist check of read %s deferred (%d waiting): %s",
-                    read.read_id,
+                    read_id,
                     len(self._unmatched),
                     exc,
                 )
                 return
             self._unmatched.popleft()
             self._announce(read, stored)
+
+    def _recover_unchecked(self) -> None:
+        """Reads a previous run stored but did not check (crash, shutdown, hotlist down): check them."""
+        try:
+            left = self.store.unchecked_reads()
+        except StoreError as exc:
+            log.error("cannot list reads left unchecked by the last run: %s", exc)
+            return
+        if left:
+            log.warning(
+                "checking %d read(s) the last run stored but did not check against the hotlist", len(left)
+            )
+        self._unmatched.extend((r.read_id, r.plate, None) for r in left)
+        self._match_pending()
 
     def _announce(self, read: PlateRead | None, stored: list[StoredHit]) -> None:
         for hit in stored:
@@ -297,6 +312,7 @@ class Daemon:
         self.start_services()
         if self.hotlist is not None:
             self.hotlist.load()
+            self._recover_unchecked()
         self.capture.start()
         next_status = self._mono() + STATUS_EVERY_S
         next_hotlist_check = self._mono()
@@ -344,7 +360,7 @@ class Daemon:
             if self._unmatched:
                 log.error(
                     "%d stored read(s) not checked against the hotlist before shutdown; "
-                    "the next start's retro-check does not cover them",
+                    "the next start checks them",
                     len(self._unmatched),
                 )
 

@@ -241,6 +241,16 @@ STEPS: tuple[Step, ...] = (
     # 4: audit rows are uploaded (lane HITS). Rows written before this step (by the hotlist) were
     # never queued, so none can have been acknowledged: queue them all now.
     _queue_audit_rows,
+    # 5: reads not yet checked against the hotlist. A read joins in the transaction that stores
+    # it and leaves in the one that stores its hits, so a read stored just before a crash or a
+    # shutdown is checked when the daemon starts again instead of never.
+    """
+    CREATE TABLE unchecked_reads (
+        read_id TEXT PRIMARY KEY NOT NULL REFERENCES reads (read_id) ON DELETE CASCADE
+    );
+    INSERT INTO unchecked_reads (read_id) SELECT read_id FROM reads
+        WHERE read_id NOT IN (SELECT read_id FROM hits);
+    """,
 )
 
 
@@ -400,6 +410,7 @@ class Store:
                 self._count_duplicate(read.read_id)
                 return
             self._db["reads"].insert(row)
+            self._db.execute("INSERT INTO unchecked_reads (read_id) VALUES (?)", (read.read_id,))
             self._enqueue(Lane.READS, KIND_READ, read.read_id, row["created_at"])
             if read.best_crop_jpeg:
                 self._db["read_images"].insert(
@@ -407,12 +418,14 @@ class Store:
                 )
                 self._enqueue(Lane.IMAGES, KIND_READ_IMAGE, read.read_id, row["created_at"])
 
-    def save_hits(self, read_id: str, hits: Sequence[Hit]) -> list[StoredHit]:
+    def save_hits(self, read_id: str, hits: Sequence[Hit], *, checked: bool = False) -> list[StoredHit]:
         """Store a read's hotlist hits and queue them (lane HITS) in one transaction.
 
         A hit on an entry this read already hit is not stored again; returns the new ones.
+        `checked`: these are the read's hits against the whole hotlist (not a retro-check of
+        some new entries), so the read leaves `unchecked_reads`, in the same transaction.
         """
-        if not hits:
+        if not hits and not checked:
             return []
         stored = []
         with self._writing(f"save hits of read {read_id}"):
@@ -427,7 +440,20 @@ class Store:
                 if cur.rowcount:
                     self._enqueue(Lane.HITS, KIND_HIT, row["hit_id"], row["matched_at"])
                     stored.append(_stored_hit(row))
+            if checked:
+                self._db.execute("DELETE FROM unchecked_reads WHERE read_id = ?", (read_id,))
         return stored
+
+    def unchecked_reads(self) -> list[StoredRead]:
+        """Reads stored but not yet checked against the hotlist, oldest first."""
+        with self._reading("unchecked reads"):
+            rows = list(
+                self._db.query(
+                    f"SELECT {_READ_COLUMNS} FROM reads "
+                    "WHERE read_id IN (SELECT read_id FROM unchecked_reads) ORDER BY created_at, read_id"
+                )
+            )
+        return [_stored_read(r) for r in rows]
 
     def hits_for_read(self, read_id: str) -> list[StoredHit]:
         with self._reading(f"hits of read {read_id}"):

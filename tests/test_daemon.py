@@ -301,3 +301,39 @@ def test_detector_model_of_the_other_backend_is_a_config_error(make_config):
     config = make_config(detector={"backend": "onnx", "model": "yolov5-plate-int8"})
     with pytest.raises(ConfigError, match=r"detector\.model: yolov5-plate-int8 is a tflite model"):
         build_daemon(config)
+
+
+def test_a_read_stored_but_not_checked_before_a_crash_is_checked_at_the_next_start(make_config, tmp_path):
+    import uuid
+
+    from edge.types import Box, PlateRead
+
+    video = write_video(tmp_path / "road.avi", [np.full((720, 1280, 3), 80, np.uint8)] * 10, 15.0)
+    config = make_config(
+        cameras=[{"id": "front", "source": "video", "uri": str(video), "fps": 15.0, "realtime": False}]
+    )
+    config.database_path.parent.mkdir(parents=True)
+    # The last run stored this read and died before matching it.
+    read = PlateRead(
+        read_id=str(uuid.uuid4()),
+        camera_id="front",
+        text="5CRS404",
+        confidence=0.95,
+        char_confidences=(0.95,) * 7,
+        region=None,
+        first_seen=1.0,
+        last_seen=2.0,
+        observations=4,
+        best_crop_jpeg=b"",
+        best_box=Box(1, 1, 50, 12),
+    )
+    with Store(config.database_path) as store:
+        store.save_read(read)
+    _import(config, _csv_hotlist(tmp_path / "l.csv", ["5CRS404,CA,stolen_plate,,,,P1,CA0010000,,,,,"]))
+    seen = []
+    summary, _ = _run(config, on_hit=lambda r, hit: seen.append((r, hit.read_id, hit.entry_plate)))
+    assert seen == [(None, read.read_id, "5CRS404")] and summary.hits_stored == 1
+    with Store(config.database_path) as store:
+        assert store.unchecked_reads() == []
+        (hit,) = store.hits_for_read(read.read_id)
+    assert hit.match_kind == "exact" and not hit.retroactive

@@ -468,3 +468,19 @@ def test_closed_store_refuses_use(tmp_path: Path) -> None:
         store.save_read(make_read())
     with pytest.raises(StoreClosedError):
         store.outbox_counts()
+
+
+def test_a_read_stays_unchecked_until_its_full_hotlist_check_is_stored(tmp_path: Path) -> None:
+    with Store(tmp_path / "alpr.db") as store:
+        first, second = make_read(), make_read(text="8XYZ999", first_seen=1_700_000_010.0)
+        store.save_read(first)
+        store.save_read(second)
+        assert [r.read_id for r in store.unchecked_reads()] == [first.read_id, second.read_id]
+        # A retro-check's hits (some new entries only) do not count as the read's check.
+        assert store.save_hits(first.read_id, []) == []
+        assert len(store.unchecked_reads()) == 2
+        store.save_hits(first.read_id, [], checked=True)
+        assert [r.read_id for r in store.unchecked_reads()] == [second.read_id]
+    # It survives a restart: the next run finds what is left.
+    with Store(tmp_path / "alpr.db") as store:
+        assert [r.plate for r in store.unchecked_reads()] == ["8XYZ999"]
