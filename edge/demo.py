@@ -53,6 +53,11 @@ def demo_config(base: Config, folder: Path, video: Path) -> Config:
         }
     ]
     data["gps"] = {**data["gps"], "source": "none"}
+    # The demo's plates are on no hotlist, so no tone will sound: skip the sound-device probe,
+    # which on a machine without speakers only prints ALSA's complaints.
+    data["alert"] = {**data["alert"], "startup_check": False}
+    # Nobody can log in to the MDT page without a provisioned officer list; the demo prints reads.
+    data["mdt"] = {**data["mdt"], "enabled": False}
     data["device"] = {**data["device"], "data_dir": str(folder)}
     # The models stay where `alpr-edge models fetch` put them for the base config.
     data["models"] = {**data["models"], "dir": str(base.models_dir)}
