@@ -8,7 +8,6 @@ HTML pages, garbage, wrong acknowledgements).
 
 from __future__ import annotations
 
-import datetime as dt
 import email.utils
 import http.server
 import json
@@ -23,8 +22,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
+from server.ca import CertificateAuthority
 from sync.protocol import BatchAck, Heartbeat, decode_batch
 from sync.transport import (
     BadResponse,
@@ -41,18 +41,6 @@ from sync.transport import (
 # ---------------------------------------------------------------- helpers (imported elsewhere)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-
-
 @dataclass(frozen=True)
 class Pki:
     ca_path: Path
@@ -62,78 +50,29 @@ class Pki:
 
 
 def mint_pki(folder: Path, *, device_id: str = "car-17") -> Pki:
-    """A throwaway department CA, a server certificate for 127.0.0.1 and a device certificate."""
+    """A throwaway department CA, a server certificate for 127.0.0.1 and a device certificate.
+
+    Minted with the department server's own CA code, the way a real car gets its certificate: a
+    key and CSR made on the device, signed by the CA.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("test department CA"))
-        .issuer_name(_name("test department CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    ca = CertificateAuthority.init(folder, name="test department CA")
+    server_cert, server_key = ca.issue_server_certificate(folder, ["127.0.0.1", "localhost"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
     )
-
-    def leaf(cn: str, usage, san: x509.SubjectAlternativeName | None) -> tuple[x509.Certificate, object]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
+    issued = ca.sign_device_csr(csr.public_bytes(serialization.Encoding.PEM), device_id)
+    (folder / "device.crt").write_text(issued.pem)
+    (folder / "device.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        if san is not None:
-            b = b.add_extension(san, critical=False)
-        return b.sign(ca_key, hashes.SHA256()), key
-
-    import ipaddress
-
-    server, server_key = leaf(
-        "127.0.0.1",
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        ),
     )
-    device, device_key = leaf(device_id, ExtendedKeyUsageOID.CLIENT_AUTH, None)
-    pem = serialization.Encoding.PEM
-    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
-    (folder / "server.crt").write_bytes(server.public_bytes(pem))
-    _write_key(folder / "server.key", server_key)
-    (folder / "device.crt").write_bytes(device.public_bytes(pem))
-    _write_key(folder / "device.key", device_key)
     return Pki(
-        ca_path=folder / "ca.crt",
-        server_cert=folder / "server.crt",
-        server_key=folder / "server.key",
-        device=Identity.in_dir(folder),
+        ca_path=ca.cert_path, server_cert=server_cert, server_key=server_key, device=Identity.in_dir(folder)
     )
 
 
