@@ -607,6 +607,7 @@ class Hotlist:
         self._index: _PlateIndex | None = None
         self._data_version: int | None = None
         self._change_seq: int | None = None
+        self._status_counts: tuple[int, dict[str, int]] | None = None  # (change_seq, entries per list)
         self._lists: dict[ListKind, tuple[str | None, str | None, float | None]] = {}
         self._suppressions: dict[str, list[Suppression]] = {}
         self._live_count = 0
@@ -1570,7 +1571,15 @@ class Hotlist:
         """Per list: entries, source, version, age and fresh/aging/stale at this moment."""
         now = self._clock()
         with self._read() as conn:
-            counts = dict(conn.execute("SELECT list_kind, count(*) FROM hotlist_entries GROUP BY list_kind"))
+            # Counting 2M entries takes most of a second, and the daemon and the MDT ask for status
+            # every few seconds; every change to the entries bumps change_seq, so count once per change.
+            seq = self._meta("change_seq")
+            if self._status_counts is None or self._status_counts[0] != seq:
+                counted = dict(
+                    conn.execute("SELECT list_kind, count(*) FROM hotlist_entries GROUP BY list_kind")
+                )
+                self._status_counts = (seq, counted)
+            counts = self._status_counts[1]
             lists = {
                 k: (s, v, r)
                 for k, s, v, r in conn.execute(

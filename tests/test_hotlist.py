@@ -614,3 +614,27 @@ def test_mark_refreshed_keeps_an_unchanged_delta_fed_list_fresh(tmp_path):
         assert hl.match("ABC123")[0].stale is False
     finally:
         hl.close()
+
+
+def test_status_counts_follow_changes_made_by_another_connection(tmp_path):
+    import time
+
+    from edge.hotlist import Hotlist, parse_delta
+
+    db = tmp_path / "d.db"
+    reader, writer = Hotlist(db), Hotlist(db)
+    try:
+        add = b'{"op":"add","plate":"%s","state":"CA","list":"stolen_vehicle"}'
+        writer.apply_delta(parse_delta([b'{"version": 1, "lists": ["stolen_vehicle"]}', add % b"AAA111"]))
+        assert [s.entries for s in reader.status()] == [1]
+        assert [s.entries for s in reader.status()] == [1]  # unchanged: served without recounting
+        writer.apply_delta(
+            parse_delta([b'{"version": 2, "lists": ["stolen_vehicle"]}', add % b"BBB222", add % b"CCC333"])
+        )
+        assert [s.entries for s in reader.status()] == [3]
+        writer.purge_expired()
+        writer.add_bolo("DDD444", "CA", officer="B1", reason="seen at scene", expires_at=time.time() + 3600)
+        assert sorted(s.entries for s in reader.status()) == [1, 3]
+    finally:
+        reader.close()
+        writer.close()
